@@ -1,0 +1,23 @@
+"""`askdraft <command>`: one entry point for every stage that is not an axolotl or lm_eval run."""
+import argparse
+import sys
+
+from askdraft.io import InputError
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="askdraft", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    from askdraft import base_model, data, sft_data
+    for mod in (data, base_model, sft_data):
+        mod.add_cli(sub)
+    args = p.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Render the Jinja files in prompt_templates/: the one source of every prompt string."""
+import functools
+import re
+import os
+from pathlib import Path
+
+import jinja2
+
+from askdraft import REPO_ROOT
+
+TEMPLATE_DIR = Path(os.environ.get("ASKDRAFT_TEMPLATES", REPO_ROOT / "prompt_templates"))
+ANSWERS = ("yes", "no")
+# What the student writes at the end of its draft, and what ends a draft when generating.
+TENTATIVE_RE = re.compile(r"Tentative answer:\s*(yes|no)\b", re.IGNORECASE)
+DRAFT_STOP = "\nFinal answer:"
+
+
+@functools.cache
+def _env():
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+    )
+
+
+def render(name, block=None, **variables):
+    """Render a whole template, or one of its `{% block %}`s (e.g. "prompt", "completion")."""
+    template = _env().get_template(name)
+    if block is None:
+        return template.render(**variables)
+    ctx = template.new_context(variables)
+    return "".join(template.blocks[block](ctx))
+
+
+def answer_prompt(question, draft=None):
+    return render("answer.jinja", "prompt", question=question, draft=draft)
+
+
+def answer_completion(answer):
+    return render("answer.jinja", "completion", question="", answer=answer)
+
+
+def draft_prompt(question):
+    return render("draft.jinja", "prompt", question=question)
+
+
+def draft_completion(rationale, answer):
+    return render("draft.jinja", "completion", question="", rationale=rationale, answer=answer)
+
+
+def draft_text(rationale, answer):
+    """The draft part of phase B's target (rationale + tentative answer), without the final."""
+    return render("draft.jinja", "draft", question="", rationale=rationale, answer=answer).strip()
+
+
+def parse_tentative(draft):
+    """The draft's tentative yes/no (its last one), or None if it states none."""
+    found = TENTATIVE_RE.findall(draft or "")
+    return found[-1].lower() if found else None
+
+
+def flip_tentative(draft):
+    """The same draft with its (last) tentative conclusion flipped."""
+    matches = list(TENTATIVE_RE.finditer(draft))
+    if not matches:
+        raise ValueError("draft states no tentative answer")
+    m = matches[-1]
+    flipped = "no" if m.group(1).lower() == "yes" else "yes"
+    return draft[: m.start(1)] + flipped + draft[m.end(1):]
