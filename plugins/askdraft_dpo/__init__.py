@@ -1,0 +1,42 @@
+"""askdraft_dpo: axolotl plugin for phase C (rl: dpo with a per-epoch beta / Cal / Dr schedule).
+
+In a recipe:
+    rl: dpo
+    plugins:
+      - askdraft_dpo.AskDraftDPOPlugin
+    askdraft_schedule: [...]          # keys: see args.py; losses: see losses.py
+"""
+from axolotl.integrations.base import BasePlugin
+
+from .args import AskDraftDPOArgs
+
+TRAINER_CLS = "askdraft_dpo.trainer.AskDraftDPOTrainer"
+
+
+class AskDraftDPOPlugin(BasePlugin):
+    def get_input_args(self):
+        return "askdraft_dpo.args.AskDraftDPOArgs"
+
+    def register(self, cfg):
+        # axolotl 0.19's RL builder constructs a trainer class returned by get_trainer_cls()
+        # without the model (it passes no positional args), so we route through axolotl's own
+        # `trainer_cls` key instead, which gets (model, ref_model) like the stock DPO trainer.
+        if cfg.get("rl") != "dpo":
+            raise ValueError(f"askdraft_dpo.AskDraftDPOPlugin needs rl: dpo, got rl: {cfg.get('rl')}")
+        if cfg.get("trainer_cls") not in (None, TRAINER_CLS):
+            raise ValueError(f"askdraft_dpo sets trainer_cls itself; remove trainer_cls: {cfg['trainer_cls']}")
+        cfg["trainer_cls"] = TRAINER_CLS
+
+    def get_trainer_cls(self, cfg):
+        return None  # see register()
+
+    def add_callbacks_post_trainer(self, cfg, trainer):
+        from .trainer import AskDraftDPOTrainer, ScheduleCallback
+
+        if not isinstance(trainer, AskDraftDPOTrainer):
+            raise TypeError(f"askdraft_dpo expected an AskDraftDPOTrainer, axolotl built {type(trainer).__name__}")
+        args = AskDraftDPOArgs(**{k: cfg[k] for k in AskDraftDPOArgs.model_fields if cfg.get(k) is not None})
+        trainer.drop_fraction = args.askdraft_drop_fraction
+        trainer.drop_score = args.askdraft_drop_score
+        trainer.beta_prime = args.askdraft_dr_beta_prime
+        return [ScheduleCallback(trainer, args.askdraft_schedule)]

@@ -1,0 +1,78 @@
+"""Datasets for the strategyqa* tasks: dev rows with the prompt rendered from prompt_templates/."""
+import random
+
+import datasets
+
+from askdraft import templates
+from askdraft.io import InputError, read_jsonl
+
+DEFAULT_DEV = "data/strategyqa_dev.jsonl"
+
+
+def _dev(dev):
+    rows = read_jsonl(dev, required=("question", "teacher_final"), optional=("teacher_cot",))
+    for r in rows:
+        if r["teacher_final"] not in templates.ANSWERS:
+            raise InputError(dev, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")
+    return rows
+
+
+def _dataset(rows, drafts=None):
+    """One row per dev question: prompt, the two choice continuations, label (index of gold)."""
+    choices = [templates.answer_completion(a) for a in templates.ANSWERS]
+    out = []
+    for i, r in enumerate(rows):
+        draft = None if drafts is None else drafts[i]
+        out.append({"question": r["question"], "prompt": templates.answer_prompt(r["question"], draft),
+                    "draft": draft or "", "choices": choices, "answer": r["teacher_final"],
+                    "label": templates.ANSWERS.index(r["teacher_final"])})
+    return {"test": datasets.Dataset.from_list(out)}
+
+
+def load_drafts(path, rows):
+    """The drafts of `path` in the order of the dev rows; an error names any uncovered question."""
+    if not path:
+        raise InputError("--metadata", None, 'this task needs the drafts file: --metadata \'{"drafts": "data/drafts/<model>/dev.jsonl"}\'')
+    by_q = {}
+    for d in read_jsonl(path, required=("question", "draft"), allow_extra=True):
+        by_q[d["question"]] = d["draft"]
+    missing = [r for r in rows if r["question"] not in by_q]
+    if missing:
+        raise InputError(path, None, f"{len(missing)} dev question(s) have no draft, e.g. {missing[0]['question']!r}")
+    return [by_q[r["question"]] for r in rows]
+
+
+def derangement(n, seed):
+    """Sattolo's algorithm: a random cyclic permutation, so no index maps to itself."""
+    perm, rng = list(range(n)), random.Random(seed)
+    for i in range(n - 1, 0, -1):
+        j = rng.randrange(i)
+        perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def question_only(dev=DEFAULT_DEV, **_):
+    return _dataset(_dev(dev))
+
+
+def own_draft(dev=DEFAULT_DEV, drafts=None, **_):
+    rows = _dev(dev)
+    return _dataset(rows, load_drafts(drafts, rows))
+
+
+def shuffled_draft(dev=DEFAULT_DEV, drafts=None, shuffle_seed=1234, **_):
+    rows = _dev(dev)
+    own = load_drafts(drafts, rows)
+    perm = derangement(len(rows), shuffle_seed)
+    return _dataset(rows, [own[j] for j in perm])
+
+
+def draft_request(dev=DEFAULT_DEV, **_):
+    rows = _dev(dev)
+    return {"test": datasets.Dataset.from_list(
+        [{"question": r["question"], "prompt": templates.draft_prompt(r["question"]), "answer": r["teacher_final"]}
+         for r in rows])}
+
+
+def doc_to_choice(doc):
+    return doc["choices"]

@@ -1,0 +1,106 @@
+"""Recipe keys of the askdraft_dpo plugin, merged by axolotl into its config schema.
+
+    askdraft_schedule:                 # one entry per block of epochs (1-based, inclusive)
+      - {epochs: [1, 1], beta: 0.05, cal: none, robust: none}
+      - {epochs: [2, 3], beta: 0.10, cal: seed, robust: none}
+      - {epochs: [4, 4], beta: 0.10, cal: none, robust: seed}
+    askdraft_drop_fraction: 0.15       # seed Dr-DPO: share of pairs dropped per batch
+    askdraft_drop_score: margin        # seed Dr-DPO: which pairs count as most disagreeing
+    askdraft_dr_beta_prime: 1.0        # published Dr. DPO temperature beta'
+
+cal / robust: none | seed | published (see losses.py). drop_score: "margin" drops the pairs with
+the lowest reward margin beta*h (the policy, relative to the reference, prefers the rejected
+answer most); "policy" the lowest log pi(chosen) - log pi(rejected) (reference ignored);
+"loss" the highest per-pair loss of the epoch's loss.
+"""
+import math
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Mode = Literal["none", "seed", "published"]
+
+
+class ScheduleEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: tuple[int, int]
+    beta: float = Field(gt=0)
+    cal: Mode = "none"
+    robust: Mode = "none"
+
+    @field_validator("epochs")
+    @classmethod
+    def check_epochs(cls, v):
+        if v[0] < 1 or v[1] < v[0]:
+            raise ValueError(f"epochs must be [first, last] with 1 <= first <= last, got {list(v)}")
+        return v
+
+
+SEED_SCHEDULE = [
+    ScheduleEntry(epochs=(1, 1), beta=0.05),
+    ScheduleEntry(epochs=(2, 3), beta=0.10, cal="seed"),
+    ScheduleEntry(epochs=(4, 4), beta=0.10, robust="seed"),
+]
+
+
+def entry_for_epoch(schedule, epoch):
+    """The schedule entry of a 1-based epoch; the last entry goes on past the schedule's end."""
+    for entry in schedule:
+        if entry.epochs[0] <= epoch <= entry.epochs[1]:
+            return entry
+    return schedule[-1]
+
+
+class AskDraftDPOArgs(BaseModel):
+    """Mixed into axolotl's AxolotlInputConfig; the validators also see the other recipe keys."""
+
+    askdraft_schedule: list[ScheduleEntry] | None = None
+    askdraft_drop_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    askdraft_drop_score: Literal["margin", "policy", "loss"] = "margin"
+    askdraft_dr_beta_prime: float = Field(default=1.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def askdraft_check_keys(cls, data):
+        if isinstance(data, dict):
+            unknown = [k for k in data if str(k).startswith("askdraft_") and k not in cls.model_fields]
+            if unknown:
+                raise ValueError(f"unknown askdraft_dpo key(s) {unknown}; known: {sorted(cls.model_fields)}")
+        return data
+
+    @field_validator("askdraft_schedule")
+    @classmethod
+    def askdraft_check_schedule(cls, schedule):
+        if schedule is None:
+            return None
+        if not schedule:
+            raise ValueError("askdraft_schedule is empty")
+        expected = 1
+        for entry in sorted(schedule, key=lambda e: e.epochs[0]):
+            first, last = entry.epochs
+            if first != expected:
+                kind = "overlap" if first < expected else "gap"
+                raise ValueError(f"askdraft_schedule: {kind} at epoch {min(first, expected)}: "
+                                 f"entries must cover epochs 1, 2, ... without gaps or overlaps")
+            expected = last + 1
+        return sorted(schedule, key=lambda e: e.epochs[0])
+
+    @model_validator(mode="after")
+    def askdraft_check_recipe(self):
+        rl = getattr(self, "rl", None)
+        if rl is not None and getattr(rl, "value", rl) != "dpo":
+            raise ValueError(f"the askdraft_dpo plugin needs rl: dpo, got rl: {getattr(rl, 'value', rl)}")
+        schedule = self.askdraft_schedule or SEED_SCHEDULE
+        num_epochs = getattr(self, "num_epochs", None)
+        if num_epochs and schedule[-1].epochs[1] < math.ceil(num_epochs):
+            raise ValueError(f"askdraft_schedule ends at epoch {schedule[-1].epochs[1]} "
+                             f"but num_epochs is {num_epochs}")
+        rl_beta = getattr(self, "rl_beta", None)
+        if rl_beta is not None and rl_beta != schedule[0].beta:
+            raise ValueError(f"rl_beta {rl_beta} disagrees with askdraft_schedule (epoch 1 beta "
+                             f"{schedule[0].beta}); the schedule sets beta, drop rl_beta")
+        loss_type = getattr(self, "dpo_loss_type", None)
+        if loss_type not in (None, ["sigmoid"]):
+            raise ValueError(f"askdraft_dpo computes its own loss; dpo_loss_type must be unset, got {loss_type}")
+        return self

@@ -1,0 +1,130 @@
+"""Phase C losses: small pure functions over per-pair sequence log-probs (no trainer code).
+
+Notation, per preference pair i (sums over completion tokens):
+    r_w = log pi(chosen)   - log ref(chosen)      "chosen log-ratio"
+    r_l = log pi(rejected) - log ref(rejected)    "rejected log-ratio"
+    h   = r_w - r_l                               "log-gap"; the DPO reward margin is beta * h
+
+Two families of tricks, chosen per epoch by the recipe's schedule (`cal`, `robust` keys):
+
+* seed (the default; what the design document asks for). These are NOT the published methods
+  that share their names:
+  - seed Cal-DPO: subtract the batch mean of h (detached) before the sigmoid loss,
+    loss_i = -log sigmoid(beta * (h_i - mean(h))).
+  - seed Dr-DPO: drop, from the batch mean, the `fraction` of pairs with the highest
+    disagreement score (by default the lowest margin: the pairs the model most strongly
+    prefers the wrong way).
+* published:
+  - Cal-DPO (Xiao et al. 2024, arXiv 2412.14516):
+    loss_i = -log sigmoid(r_w - r_l) + (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2.
+  - Dr. DPO (Wu et al. 2024, arXiv 2407.07880): L = -beta' * log mean_i exp(-loss_i / beta'),
+    which weights each pair's gradient by softmax(-loss / beta')_i.
+
+`cal` picks the per-pair loss, `robust` picks how the per-pair losses become one number, so the
+two compose (e.g. published Cal-DPO aggregated by published Dr. DPO). Batch statistics (the Cal
+mean, the Dr drop) are over the pairs one device sees in one micro-batch.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+CAL_MODES = ("none", "seed", "published")
+ROBUST_MODES = ("none", "seed", "published")
+DROP_SCORES = ("margin", "policy", "loss")
+
+
+def dpo_per_pair(h, beta):
+    """Plain sigmoid DPO: -log sigmoid(beta * h). Same as TRL's loss_type="sigmoid"."""
+    return -F.logsigmoid(beta * h)
+
+
+def seed_cal_per_pair(h, beta):
+    """Seed Cal-DPO. Returns (per-pair loss, the subtracted mean of h)."""
+    shift = h.detach().mean()
+    return -F.logsigmoid(beta * (h - shift)), shift
+
+
+def published_cal_per_pair(r_w, r_l, beta):
+    """Cal-DPO of Xiao et al. 2024: DPO term without beta plus the two calibration squares."""
+    target = 1.0 / (2.0 * beta)
+    return -F.logsigmoid(r_w - r_l) + (r_w - target) ** 2 + (r_l + target) ** 2
+
+
+def seed_dr_keep_mask(score, fraction, carry=0.0):
+    """Seed Dr-DPO: keep-mask that drops the `fraction` of pairs with the highest `score`.
+
+    fraction * batch is rarely whole (15 % of a micro-batch of 4 is 0.6), so the fractional
+    rest is carried to the next batch (error diffusion): over many batches exactly `fraction`
+    of the pairs are dropped. At least one pair is always kept.
+    Returns (keep mask, number dropped, new carry).
+    """
+    n = score.numel()
+    want = fraction * n + carry
+    k = min(int(want + 1e-9), n - 1)  # 1e-9: 0.4 + 0.6 must give 1, not 0.999..
+    new_carry = min(max(want - k, 0.0), 1.0)
+    keep = torch.ones(n, dtype=torch.bool, device=score.device)
+    if k > 0:
+        keep[torch.topk(score.detach(), k).indices] = False
+    return keep, k, new_carry
+
+
+def published_dr_loss(per_pair, beta_prime):
+    """Dr. DPO of Wu et al. 2024: -beta' * log mean exp(-loss_i / beta') (a soft-min of the losses)."""
+    n = per_pair.numel()
+    return -beta_prime * (torch.logsumexp(-per_pair / beta_prime, dim=0) - math.log(n))
+
+
+def askdraft_loss(
+    chosen_logps,
+    rejected_logps,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    *,
+    beta,
+    cal="none",
+    robust="none",
+    drop_fraction=0.15,
+    drop_score="margin",
+    beta_prime=1.0,
+    carry=0.0,
+):
+    """The phase C loss of one batch. Returns (loss, stats, new carry for seed Dr-DPO).
+
+    stats: cal_shift (mean h subtracted; 0 unless cal == "seed"), pairs_dropped (seed Dr-DPO),
+    and the usual reward statistics (beta * log-ratios, as TRL logs them).
+    """
+    if cal not in CAL_MODES or robust not in ROBUST_MODES or drop_score not in DROP_SCORES:
+        raise ValueError(f"bad mode: cal={cal!r} robust={robust!r} drop_score={drop_score!r}")
+    r_w = chosen_logps - ref_chosen_logps
+    r_l = rejected_logps - ref_rejected_logps
+    h = r_w - r_l
+
+    shift = torch.zeros((), device=h.device)
+    if cal == "none":
+        per_pair = dpo_per_pair(h, beta)
+    elif cal == "seed":
+        per_pair, shift = seed_cal_per_pair(h, beta)
+    else:
+        per_pair = published_cal_per_pair(r_w, r_l, beta)
+
+    dropped = 0
+    if robust == "none":
+        loss = per_pair.mean()
+    elif robust == "seed":
+        score = {"margin": -h, "policy": -(chosen_logps - rejected_logps), "loss": per_pair}[drop_score]
+        keep, dropped, carry = seed_dr_keep_mask(score, drop_fraction, carry)
+        loss = per_pair[keep].mean()
+    else:
+        loss = published_dr_loss(per_pair, beta_prime)
+
+    chosen_rewards, rejected_rewards = beta * r_w.detach(), beta * r_l.detach()
+    stats = {
+        "cal_shift": shift.detach(),
+        "pairs_dropped": dropped,
+        "chosen_rewards": chosen_rewards,
+        "rejected_rewards": rejected_rewards,
+        "margins": chosen_rewards - rejected_rewards,
+        "accuracies": (chosen_rewards > rejected_rewards).float(),
+    }
+    return loss, stats, carry

@@ -1,0 +1,140 @@
+"""Every phase C loss against arithmetic written out by hand on three pairs."""
+import math
+
+import pytest
+import torch
+
+from askdraft_dpo.args import AskDraftDPOArgs
+from askdraft_dpo.losses import (askdraft_loss, published_dr_loss, seed_dr_keep_mask)
+
+BETA = 0.1
+# (log pi(chosen), log ref(chosen), log pi(rejected), log ref(rejected)) per pair
+PAIRS = [(-1.0, -1.5, -2.0, -1.0),   # r_w = 0.5,  r_l = -1.0, h = 1.5
+         (-3.0, -2.0, -1.0, -1.5),   # r_w = -1.0, r_l = 0.5,  h = -1.5
+         (-2.0, -2.0, -2.5, -2.0)]   # r_w = 0.0,  r_l = -0.5, h = 0.5
+R_W, R_L, H = [0.5, -1.0, 0.0], [-1.0, 0.5, -0.5], [1.5, -1.5, 0.5]
+
+
+def softplus(x):  # -log sigmoid(-x)
+    return math.log(1 + math.exp(x))
+
+
+def run(**kw):
+    pi_w, ref_w, pi_l, ref_l = [torch.tensor(c, dtype=torch.float64) for c in zip(*PAIRS)]
+    return askdraft_loss(pi_w, pi_l, ref_w, ref_l, beta=BETA, **kw)
+
+
+def test_plain_dpo():
+    loss, stats, _ = run()
+    hand = (softplus(-0.15) + softplus(0.15) + softplus(-0.05)) / 3
+    assert loss.item() == pytest.approx(hand, abs=1e-12)
+    assert stats["margins"].tolist() == pytest.approx([0.15, -0.15, 0.05])
+    assert stats["accuracies"].tolist() == [1.0, 0.0, 1.0]
+    assert stats["cal_shift"].item() == 0 and stats["pairs_dropped"] == 0
+
+
+def test_seed_cal_subtracts_detached_mean():
+    h = torch.tensor(H, dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(3, dtype=torch.float64)
+    loss, stats, _ = askdraft_loss(h, zero, zero, zero, beta=BETA, cal="seed")
+    mean_h = (1.5 - 1.5 + 0.5) / 3
+    assert stats["cal_shift"].item() == pytest.approx(mean_h)
+    hand = sum(softplus(-BETA * (x - mean_h)) for x in H) / 3
+    assert loss.item() == pytest.approx(hand, abs=1e-12)
+    loss.backward()
+    # no gradient through the mean: d/dh_i = -beta * sigmoid(-beta (h_i - mean)) / n, nothing else
+    hand_grad = [-BETA / (1 + math.exp(BETA * (x - mean_h))) / 3 for x in H]
+    assert h.grad.tolist() == pytest.approx(hand_grad, abs=1e-12)
+    # the rewards logged stay the uncalibrated beta * log-ratios
+    assert stats["margins"].tolist() == pytest.approx([0.15, -0.15, 0.05])
+
+
+def test_published_cal():
+    loss, stats, _ = run(cal="published")
+    t = 1 / (2 * BETA)  # 5.0
+    per_pair = [softplus(-(w - l)) + (w - t) ** 2 + (l + t) ** 2 for w, l in zip(R_W, R_L)]
+    # pair 1 by hand: log(1 + e^-1.5) + (0.5 - 5)^2 + (-1 + 5)^2
+    assert per_pair[0] == pytest.approx(math.log(1 + math.exp(-1.5)) + 20.25 + 16.0)
+    assert loss.item() == pytest.approx(sum(per_pair) / 3, abs=1e-12)
+    assert stats["cal_shift"].item() == 0
+
+
+def test_seed_dr_drops_lowest_margin():
+    loss, stats, carry = run(robust="seed", drop_fraction=1 / 3)
+    assert stats["pairs_dropped"] == 1 and carry == pytest.approx(0, abs=1e-9)
+    # pair 2 (h = -1.5, the lowest margin) is dropped; the mean is over the two kept pairs
+    assert loss.item() == pytest.approx((softplus(-0.15) + softplus(-0.05)) / 2, abs=1e-12)
+
+
+@pytest.mark.parametrize("score, dropped", [("margin", 1), ("policy", 1), ("loss", 1)])
+def test_seed_dr_scores(score, dropped):
+    # policy score: log pi(w) - log pi(l) = [1.0, -2.0, 0.5] -> pair 2 lowest as well
+    cols = [torch.tensor(c, dtype=torch.float64) for c in zip(*PAIRS)]
+    keep, k, _ = seed_dr_keep_mask({"margin": -torch.tensor(H), "policy": -(cols[0] - cols[2]),
+                                    "loss": torch.tensor([0.6, 0.8, 0.7])}[score], 1 / 3)
+    assert k == dropped and keep.tolist() == [True, False, True]
+
+
+def test_seed_dr_carries_the_fraction():
+    # 15 % of a micro-batch of 4 is 0.6 pair: carried over, it drops 0,1,0,1,1 (3 of 20) ...
+    carry, counts = 0.0, []
+    for _ in range(20):
+        _, k, carry = seed_dr_keep_mask(torch.arange(4.0), 0.15, carry)
+        counts.append(k)
+    assert counts[:5] == [0, 1, 0, 1, 1]
+    assert sum(counts) == 12  # ... and exactly 15 % of 80 pairs
+    keep, k, _ = seed_dr_keep_mask(torch.arange(4.0), 0.15, 0.5)
+    assert k == 1 and keep.tolist() == [True, True, True, False]  # highest score dropped
+    assert seed_dr_keep_mask(torch.zeros(1), 0.9, 0.9)[1] == 0  # never drops the last pair
+
+
+@pytest.mark.parametrize("beta_prime", [1.0, 0.5])
+def test_published_dr(beta_prime):
+    losses = [softplus(-0.15), softplus(0.15), softplus(-0.05)]
+    hand = -beta_prime * math.log(sum(math.exp(-x / beta_prime) for x in losses) / 3)
+    loss, _, _ = run(robust="published", beta_prime=beta_prime)
+    assert loss.item() == pytest.approx(hand, abs=1e-12)
+    # per-pair gradient weights: dL/dloss_i = softmax(-loss / beta')_i
+    per_pair = torch.tensor(losses, dtype=torch.float64, requires_grad=True)
+    published_dr_loss(per_pair, beta_prime).backward()
+    z = sum(math.exp(-x / beta_prime) for x in losses)
+    assert per_pair.grad.tolist() == pytest.approx([math.exp(-x / beta_prime) / z for x in losses], abs=1e-12)
+    assert per_pair.grad[1] < per_pair.grad[0]  # the worst pair (highest loss) weighs least
+
+
+def test_dr_published_tends_to_mean_for_large_beta_prime():
+    plain, _, _ = run()
+    soft, _, _ = run(robust="published", beta_prime=1e6)
+    assert soft.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_modes_compose_published_cal_with_seed_dr():
+    loss, stats, _ = run(cal="published", robust="seed", drop_fraction=1 / 3, drop_score="loss")
+    t = 5.0
+    per_pair = [softplus(-(w - l)) + (w - t) ** 2 + (l + t) ** 2 for w, l in zip(R_W, R_L)]
+    worst = per_pair.index(max(per_pair))
+    assert stats["pairs_dropped"] == 1
+    assert loss.item() == pytest.approx((sum(per_pair) - per_pair[worst]) / 2, abs=1e-12)
+
+
+def test_bad_mode_is_an_error():
+    with pytest.raises(ValueError, match="cal='calibrated'"):
+        run(cal="calibrated")
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"askdraft_drop_fraction": 1.0}, "less than 1"),
+    ({"askdraft_drop_fraction": -0.1}, "greater than or equal to 0"),
+    ({"askdraft_dr_beta_prime": 0}, "greater than 0"),
+    ({"askdraft_drop_score": "entropy"}, "'margin', 'policy' or 'loss'"),
+    ({"askdraft_schedule": [{"epochs": [1, 1], "beta": -0.05}]}, "greater than 0"),
+    ({"askdraft_schedule": [{"epochs": [1, 1], "beta": 0.1, "cal": "calibrated"}]}, "'none', 'seed' or 'published'"),
+    ({"askdraft_schedule": [{"epochs": [1, 2], "beta": 0.1}, {"epochs": [2, 4], "beta": 0.1}]}, "overlap at epoch 2"),
+    ({"askdraft_schedule": [{"epochs": [1, 1], "beta": 0.1}, {"epochs": [3, 4], "beta": 0.1}]}, "gap at epoch 2"),
+    ({"askdraft_schedule": [{"epochs": [2, 1], "beta": 0.1}]}, "1 <= first <= last"),
+    ({"askdraft_schedule": [{"epochs": [1, 1], "beta": 0.1, "gamma": 1}]}, "Extra inputs"),
+    ({"askdraft_drop_fracton": 0.1}, "unknown askdraft_dpo key"),
+])
+def test_recipe_keys_are_validated(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        AskDraftDPOArgs(**bad)

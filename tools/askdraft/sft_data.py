@@ -1,0 +1,115 @@
+"""Render the split files through prompt_templates/ into axolotl `input_output` JSONL.
+
+Each row is {"segments": [{"label": false, "text": prompt}, {"label": true, "text": completion}]}:
+axolotl tokenises segments as they are (no chat template, no special tokens added) and
+trains on the labelled one only, so the prompt is byte-for-byte what lm-eval scores.
+BOS (when the tokenizer adds one) and EOS are written as text; they tokenise to the
+special ids. Phase B rows over the length limit get their rationale shortened, never the
+answer, and the count is reported.
+"""
+from pathlib import Path
+
+from askdraft import templates
+from askdraft.data import FILES, check_no_leak
+from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
+
+SFT_FILES = {"a": "phase_a.jsonl", "b": "phase_b.jsonl"}
+
+
+def load_tokenizer(base):
+    from transformers import AutoTokenizer
+    if not (Path(base) / "config.json").is_file() and not (Path(base) / "tokenizer_config.json").is_file():
+        raise InputError(base, None, "model directory not found (run `make base`)")
+    return AutoTokenizer.from_pretrained(base)
+
+
+def special_texts(tok):
+    bos = tok.bos_token if tok("a").input_ids[:1] == [tok.bos_token_id] and tok.bos_token_id is not None else ""
+    return bos, tok.eos_token or ""
+
+
+def row(prompt, completion, bos, eos):
+    return {"segments": [{"label": False, "text": bos + prompt}, {"label": True, "text": completion + eos}]}
+
+
+def _labels(path, rows):
+    for r in rows:
+        if r["teacher_final"] not in templates.ANSWERS:
+            raise InputError(path, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")
+
+
+def phase_a_rows(path, tok):
+    rows = read_jsonl(path, required=("question", "teacher_final"), optional=("teacher_cot",))
+    _labels(path, rows)
+    bos, eos = special_texts(tok)
+    return [row(templates.answer_prompt(r["question"]), templates.answer_completion(r["teacher_final"]), bos, eos)
+            for r in rows]
+
+
+def shorten_rationale(tok, question, rationale, answer, max_len, bos, eos):
+    """The longest word-prefix of the rationale whose whole row fits max_len tokens."""
+    def length(rat):
+        r = row(templates.draft_prompt(question), templates.draft_completion(rat, answer), bos, eos)
+        return sum(len(tok(s["text"], add_special_tokens=False).input_ids) for s in r["segments"])
+    if length(rationale) <= max_len:
+        return rationale, False
+    words = rationale.split()
+    lo, hi = 0, len(words)  # binary search on the number of words kept
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if length(" ".join(words[:mid])) <= max_len:
+            lo = mid
+        else:
+            hi = mid - 1
+    if lo == 0:
+        return None, True
+    return " ".join(words[:lo]), True
+
+
+def phase_b_rows(path, tok, max_len):
+    rows = read_jsonl(path, required=("question", "teacher_cot", "teacher_final"))
+    _labels(path, rows)
+    bos, eos = special_texts(tok)
+    out, shortened, dropped = [], 0, []
+    for r in rows:
+        rat, cut = shorten_rationale(tok, r["question"], r["teacher_cot"], r["teacher_final"], max_len, bos, eos)
+        if rat is None:
+            dropped.append(r["_line"])
+            continue
+        shortened += cut
+        out.append(row(templates.draft_prompt(r["question"]), templates.draft_completion(rat, r["teacher_final"]), bos, eos))
+    return out, shortened, dropped
+
+
+def build(data_dir, base, out_dir=None, max_len=128, limit=None):
+    data_dir = Path(data_dir)
+    out_dir = Path(out_dir or data_dir / "sft")
+    tok = load_tokenizer(base)
+    check_no_leak(data_dir / FILES["cot"], data_dir / FILES["dev"])
+    a = phase_a_rows(data_dir / FILES["baseline"], tok)[:limit]
+    b, shortened, dropped = phase_b_rows(data_dir / FILES["cot"], tok, max_len)
+    b = b[:limit]
+    write_jsonl(out_dir / SFT_FILES["a"], a)
+    write_jsonl(out_dir / SFT_FILES["b"], b)
+    report = {"base": str(base), "max_len": max_len, "limit": limit, "phase_a_rows": len(a),
+              "phase_b_rows": len(b), "phase_b_rationales_shortened": shortened,
+              "phase_b_dropped_lines": dropped}
+    write_json(out_dir / "REPORT.json", report)
+    return report
+
+
+def cmd(args):
+    r = build(args.data, args.base, args.out, args.max_len, args.limit)
+    print(f"phase A: {r['phase_a_rows']} rows; phase B: {r['phase_b_rows']} rows, "
+          f"{r['phase_b_rationales_shortened']} rationales shortened to fit {r['max_len']} tokens, "
+          f"{len(r['phase_b_dropped_lines'])} dropped (question alone too long)")
+
+
+def add_cli(sub):
+    p = sub.add_parser("sft-data", help="render the split files into axolotl training JSONL")
+    p.add_argument("--data", default="data")
+    p.add_argument("--base", required=True, help="base model dir (its tokenizer sets BOS/EOS and lengths)")
+    p.add_argument("--out", help="default: DATA/sft")
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--limit", type=int, help="keep the first N rows (smoke runs)")
+    p.set_defaults(func=cmd)
