@@ -1,0 +1,24 @@
+"""prompt_templates/: the strings every stage shares."""
+from askdraft import templates as t
+
+
+def test_answer_prompt_with_and_without_draft():
+    assert t.answer_prompt("Is it?") == "Question: Is it?\nFinal answer:"
+    assert t.answer_prompt("Is it?", "Facts.\nTentative answer: no") == \
+        "Question: Is it? Student draft: Facts.\nTentative answer: no\nFinal answer:"
+    assert [t.answer_completion(a) for a in t.ANSWERS] == [" yes", " no"]
+
+
+def test_phase_b_target_is_draft_then_final():
+    assert t.draft_prompt("Is it?") == "Question: Is it?\nDraft:"
+    completion = t.draft_completion("Fact one.", "no")
+    assert completion == " Fact one.\nTentative answer: no\nFinal answer: no"
+    draft = completion.split(t.DRAFT_STOP)[0].strip()
+    assert draft == t.draft_text("Fact one.", "no") and t.parse_tentative(draft) == "no"
+
+
+def test_parse_and_flip_use_the_last_conclusion():
+    draft = "Tentative answer: yes? Not sure.\nTentative answer: YES"
+    assert t.parse_tentative(draft) == "yes"
+    assert t.flip_tentative(draft) == "Tentative answer: yes? Not sure.\nTentative answer: no"
+    assert t.parse_tentative("no conclusion here") is None
