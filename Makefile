@@ -8,6 +8,11 @@ SHELL := bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
+# PY=python3 uses an environment you made yourself (e.g. the offline GPU bundle) and skips setup
+PY ?= $(BIN)/python
+SETUP := $(if $(filter $(BIN)/python,$(PY)),setup,)
+ASKDRAFT := $(PY) -m askdraft.cli
+AXOLOTL := $(PY) -m axolotl.cli.main
 export AXOLOTL_DO_NOT_TRACK := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
@@ -26,7 +31,7 @@ PROFILES_gpu := gpu
 LIMIT_smoke := 64
 LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
-RECIPE = $(BIN)/askdraft recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) -o $(RUNS)/$(1).yaml
+RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) -o $(RUNS)/$(1).yaml
 
 .PHONY: setup test test-fast data base sft phase-a phase-b merge-b pipeline clean-runs help
 help:
@@ -48,31 +53,31 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests
 
 data: data/MANIFEST.json
-data/MANIFEST.json: | setup
-	$(BIN)/askdraft data
+data/MANIFEST.json: | $(SETUP)
+	$(ASKDRAFT) data
 
 base: $(BASE)/config.json
-$(BASE)/config.json: | setup
-	$(BIN)/askdraft base-model $(if $(filter $(BASE_NAME),SmolLM2-135M-Instruct),embedded,$(BASE_SRC)) --out-root $(dir $(BASE))
+$(BASE)/config.json: | $(SETUP)
+	$(ASKDRAFT) base-model $(if $(filter $(BASE_NAME),SmolLM2-135M-Instruct),embedded,$(BASE_SRC)) --out-root $(dir $(BASE))
 
 sft: data/sft/REPORT.json
 data/sft/REPORT.json: data/MANIFEST.json $(BASE)/config.json
-	$(BIN)/askdraft sft-data --base $(BASE) $(SFT_LIMIT)
+	$(ASKDRAFT) sft-data --base $(BASE) $(SFT_LIMIT)
 
 phase-a: models/baseline_phaseA/adapter_model.safetensors
 models/baseline_phaseA/adapter_model.safetensors: data/sft/REPORT.json
 	$(call RECIPE,phase_a,$(BASE))
-	$(BIN)/axolotl train $(RUNS)/phase_a.yaml
+	$(AXOLOTL) train $(RUNS)/phase_a.yaml
 
 phase-b: models/cot_phaseB/adapter_model.safetensors
 models/cot_phaseB/adapter_model.safetensors: models/baseline_phaseA/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
-	$(BIN)/axolotl train $(RUNS)/phase_b.yaml
+	$(AXOLOTL) train $(RUNS)/phase_b.yaml
 
 merge-b: models/cot_phaseB/merged/config.json
 models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
-	$(BIN)/axolotl merge-lora $(RUNS)/phase_b.yaml
+	$(AXOLOTL) merge-lora $(RUNS)/phase_b.yaml
 
 clean-runs:
 	rm -rf runs .cache/axolotl_prepared

@@ -1,0 +1,195 @@
+"""`askdraft drafts`: the student writes a draft for every train / dev question.
+
+Each question is rendered with the draft template ("Question: ...\\nDraft:"), the model
+continues it (batched, left-padded, greedy unless --temperature > 0) and stops at
+"\\nFinal answer:" or EOS; the draft is the text before that, stripped. Output rows
+{question, draft, tentative, answer} go to <out-root>/<name>/<split>.jsonl, with tentative
+"yes" / "no" / "unparsed" and answer the gold teacher_final. An empty draft is kept as ""
+(tentative "unparsed") and counted.
+
+Resumable: each finished batch is appended (and flushed) to <split>.jsonl.partial; a restart
+keeps those rows and generates only the rest; the final file is renamed into place at the end,
+and a split whose final file already covers every question is skipped without loading the model.
+"""
+import json
+import os
+from pathlib import Path
+
+from askdraft import templates
+from askdraft.data import FILES
+from askdraft.io import InputError, atomic_open, dumps, read_jsonl, write_json, write_jsonl
+
+SPLITS = {"train": FILES["cot"], "dev": FILES["dev"]}
+FIELDS = ("question", "draft", "tentative", "answer")
+
+
+def check_dirs(base, adapter=None):
+    for d, marker in ((base, "config.json"), (adapter, "adapter_config.json")):
+        if d is not None and not (Path(d) / marker).is_file():
+            raise InputError(d, None, f"model directory not found (no {marker})")
+
+
+def load_model(base, adapter=None, device=None, load_in_4bit=False):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_dirs(base, adapter)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kw = {"dtype": torch.bfloat16 if device.startswith("cuda") else torch.float32}
+    if load_in_4bit:  # a 7B student on an 8 GB card, as in training
+        from transformers import BitsAndBytesConfig
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kw["dtype"])
+        kw["device_map"] = {"": device}
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(base, **kw)
+    if not load_in_4bit:
+        model = model.to(device)
+    if adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter)
+        if not load_in_4bit:
+            model = model.merge_and_unload()
+    return model.eval(), tok
+
+
+def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.0):
+    """Drafts for a batch of questions (the text before "\\nFinal answer:", stripped)."""
+    import torch
+
+    enc = tok([templates.draft_prompt(q) for q in questions], return_tensors="pt", padding=True)
+    enc = enc.to(model.device)
+    sample = temperature > 0
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,
+                             temperature=temperature if sample else None, top_p=top_p if sample else None,
+                             top_k=None, stop_strings=[templates.DRAFT_STOP], tokenizer=tok,
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [t.split(templates.DRAFT_STOP)[0].strip() for t in texts]
+
+
+def draft_row(question, draft, answer):
+    return {"question": question, "draft": draft,
+            "tentative": templates.parse_tentative(draft) or "unparsed", "answer": answer}
+
+
+def load_done(path, gold):
+    """{question: row} already written to `path` (a final or .partial file). A torn last line
+    (a kill mid-write) is ignored; anything else malformed is an error naming the line."""
+    done, lines = {}, Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    for n, raw in enumerate(lines, 1):
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError:
+            if n == len(lines) and not raw.endswith("\n"):
+                break
+            raise InputError(path, n, "malformed JSON (delete the file to regenerate)") from None
+        if not isinstance(row, dict) or sorted(row) != sorted(FIELDS):
+            raise InputError(path, n, f"expected fields {list(FIELDS)} (delete the file to regenerate)")
+        if row["question"] in gold and row["answer"] != gold[row["question"]]:
+            raise InputError(path, n, "gold answer differs from the split file (a stale file? delete it)")
+        done[row["question"]] = row
+    return done
+
+
+def counts(rows):
+    n = len(rows)
+    right = sum(r["tentative"] == r["answer"] for r in rows)
+    return {"n": n, "unparsed": sum(r["tentative"] == "unparsed" for r in rows),
+            "empty": sum(not r["draft"] for r in rows),
+            "tentative_accuracy": round(right / n, 4) if n else None}
+
+
+def draft_split(split_file, out, model_fn, batch_size=16, limit=None, **gen):
+    """Write `out` for the questions of `split_file`; model_fn() loads the model on first need."""
+    from tqdm import tqdm
+
+    rows = read_jsonl(split_file, required=("question", "teacher_final"), optional=("teacher_cot",))
+    for r in rows:
+        if r["teacher_final"] not in templates.ANSWERS:
+            raise InputError(split_file, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")
+    gold = {r["question"]: r["teacher_final"] for r in rows[:limit]}
+    out, partial = Path(out), Path(f"{out}.partial")
+    done = load_done(out, gold) if out.is_file() else {}
+    if done and all(q in done for q in gold):
+        return {**counts([done[q] for q in gold]), "skipped": True}
+    if partial.is_file():
+        done.update(load_done(partial, gold))
+    done = {q: r for q, r in done.items() if q in gold}
+    todo = [q for q in gold if q not in done]
+    with atomic_open(partial) as f:  # rewrite what survived, without a torn tail
+        f.writelines(dumps(done[q]) + "\n" for q in gold if q in done)
+    if todo:
+        model, tok = model_fn()
+        with open(partial, "a", encoding="utf-8") as f:
+            bar = tqdm(total=len(gold), initial=len(gold) - len(todo), desc=f"drafts {out.name}", unit="q")
+            for i in range(0, len(todo), batch_size):
+                batch = todo[i:i + batch_size]
+                for q, d in zip(batch, generate(model, tok, batch, **gen)):
+                    done[q] = draft_row(q, d, gold[q])
+                    f.write(dumps(done[q]) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                bar.update(len(batch))
+            bar.close()
+    final = [done[q] for q in gold]
+    write_jsonl(out, final)
+    partial.unlink()
+    return {**counts(final), "skipped": False}
+
+
+def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root="data/drafts",
+        batch_size=16, limit=None, device=None, load_in_4bit=False, seed=0, **gen):
+    """Drafts for each split; returns {split: counts} and writes REPORT.json beside them."""
+    loaded = []
+
+    def model_fn():
+        if not loaded:
+            import torch
+            torch.manual_seed(seed)  # only matters when sampling
+            loaded.append(load_model(base, adapter, device, load_in_4bit))
+        return loaded[0]
+
+    check_dirs(base, adapter)
+    out_dir = Path(out_root) / name
+    report = {}
+    for split in splits:
+        if split not in SPLITS:
+            raise InputError("--splits", None, f"unknown split {split!r}; choose from {sorted(SPLITS)}")
+        report[split] = draft_split(Path(data) / SPLITS[split], out_dir / f"{split}.jsonl", model_fn,
+                                    batch_size=batch_size, limit=limit, **gen)
+        c = report[split]
+        print(f"{out_dir / split}.jsonl: {c['n']} drafts, {c['unparsed']} unparsed, {c['empty']} empty, "
+              f"tentative accuracy {c['tentative_accuracy']}" + (" (already done)" if c["skipped"] else ""))
+    write_json(out_dir / "REPORT.json", {"base": str(base), "adapter": adapter and str(adapter),
+                                         "generation": gen, "splits": report})
+    return report
+
+
+def cmd(args):
+    run(args.base, args.name, args.adapter, args.splits.split(","), args.data, args.out_root,
+        args.batch_size, args.limit, args.device, args.load_in_4bit, args.seed, max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature, top_p=args.top_p)
+
+
+def add_cli(sub):
+    p = sub.add_parser("drafts", help="the student's drafts for train/dev -> data/drafts/<name>/")
+    p.add_argument("--base", required=True, help="model dir (e.g. models/cot_phaseB/merged)")
+    p.add_argument("--adapter", help="optional PEFT adapter dir applied on --base")
+    p.add_argument("--name", required=True, help="output folder name under --out-root")
+    p.add_argument("--splits", default="train,dev")
+    p.add_argument("--data", default="data", help="folder with the split files")
+    p.add_argument("--out-root", default="data/drafts")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="for sampling")
+    p.add_argument("--limit", type=int, help="first N questions of each split")
+    p.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")
+    p.add_argument("--load-in-4bit", action="store_true", help="NF4 base (bitsandbytes, GPU)")
+    p.set_defaults(func=cmd)

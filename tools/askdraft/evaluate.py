@@ -1,0 +1,325 @@
+"""`askdraft evaluate` runs lm-eval (its Python API) on one stage's model; `askdraft summarize`
+pools every stage's results into results/<model>/summary.json (the shape of issue 6).
+
+evaluate writes, per task, results/<model>/evals/<stage>.<task>.jsonl (one row per dev
+question: gold, prediction, correct 0/1, the model's scores) and <stage>.<task>.json (lm-eval's
+aggregated metric and the run's provenance). A task whose .json exists is skipped, so a killed
+run resumes; both files are written atomically, the .json last.
+
+summarize reads those files and computes, over the same dev questions:
+- stages.<stage>: the stage's headline accuracy: its own-draft task (strategyqa_draft) if
+  it was evaluated, else the question-only task (strategyqa); provenance.stage_tasks says which.
+- ablations: draft / nodraft / shuffled of the ablation stage (default: the last stage that
+  ran all three) and the paired differences draft - nodraft, draft - shuffled, and C - A,
+  B - A over the stages' headline accuracies (paired bootstrap CI + McNemar's p, from stats).
+- attribution_draft_share and judge from results/<model>/attribution/{before,after}_dpo.json
+  and results/<model>/judge.json when they exist (else null).
+"""
+import datetime
+import importlib.metadata
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from askdraft import REPO_ROOT, stats
+from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
+
+ABLATIONS = {"draft": "strategyqa_draft", "nodraft": "strategyqa_nodraft",
+             "shuffled": "strategyqa_shuffleddraft"}
+HEADLINE = ("strategyqa_draft", "strategyqa")  # a stage's accuracy: the first task it ran
+STAGE_ORDER = ("base", "A", "B", "C", "SG")
+STAGE_DIFFS = (("C", "A"), ("B", "A"))
+PACKAGES = ("torch", "transformers", "peft", "trl", "axolotl", "lm_eval", "captum", "datasets")
+DEFAULT_DEV = "data/strategyqa_dev.jsonl"
+
+
+def eval_paths(results, model, stage, task):
+    folder = Path(results) / model / "evals"
+    return folder / f"{stage}.{task}.jsonl", folder / f"{stage}.{task}.json"
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- evaluate one stage
+
+def device_and_dtype():
+    import torch
+    if torch.cuda.is_available():
+        return "cuda", "bfloat16", f"cuda ({torch.cuda.get_device_name()})"
+    return "cpu", "float32", "cpu"
+
+
+def per_question(samples, task):
+    """One row per doc from lm-eval's logged samples; the metric is the task's first one."""
+    rows, seen = [], set()
+    for s in sorted(samples, key=lambda s: s["doc_id"]):
+        doc, metric = s["doc"], s["metrics"][0]
+        if doc["question"] in seen:
+            raise ValueError(f"{task}: question twice in the dev split: {doc['question']!r}")
+        seen.add(doc["question"])
+        row = {"doc_id": s["doc_id"], "question": doc["question"], "answer": doc["answer"],
+               "correct": int(s[metric])}
+        if "choices" in doc:  # multiple choice: the summed log-prob of each continuation
+            lls = [float(r[0]) for r in s["filtered_resps"]]
+            row["pred"] = ("yes", "no")[max(range(len(lls)), key=lls.__getitem__)]
+            row["loglik"] = dict(zip(("yes", "no"), lls))
+        else:  # generative: the filtered answer and the raw text
+            row["pred"], row["response"] = s["filtered_resps"][0], s["resps"][0][0]
+        rows.append(row)
+    return rows, metric, samples[0]["filter"]
+
+
+def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFAULT_DEV,
+             limit=None, results="results", batch_size=8, shuffle_seed=1234, force=False):
+    """Run the missing tasks of one stage in one lm-eval call; returns {task: acc}."""
+    todo = [t for t in tasks if force or not eval_paths(results, model_name, stage, t)[1].exists()]
+    for t in sorted(set(tasks) - set(todo)):
+        print(f"skip {stage}.{t}: {eval_paths(results, model_name, stage, t)[1]} exists")
+    if not todo:
+        return {}
+    for path, marker in ((base, "config.json"), (adapter, "adapter_config.json")):
+        if path is not None and not (Path(path) / marker).is_file():
+            raise InputError(path, None, f"model directory not found (no {marker})")
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    metadata = {"dev": str(Path(dev).resolve()), "shuffle_seed": shuffle_seed}
+    if drafts is not None:
+        metadata["drafts"] = str(Path(drafts).resolve())
+    manager = TaskManager(include_path=str(REPO_ROOT / "lm_eval_tasks"), metadata=metadata)
+    task_objs = get_task_dict(todo, manager)  # loads the datasets: bad input fails before the model
+    device, dtype, device_name = device_and_dtype()
+    lm = HFLM(pretrained=str(base), peft=adapter and str(adapter), dtype=dtype, device=device,
+              batch_size=batch_size)
+    started, t0 = now(), time.time()
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(task_objs.values()), limit=limit,
+                                  log_samples=True, task_manager=manager)
+    wall = time.time() - t0
+    accs = {}
+    for task in todo:
+        rows, metric, filt = per_question(out["samples"][task], task)
+        agg = out["results"][task]
+        acc = agg[f"{metric},{filt}"]
+        mean = sum(r["correct"] for r in rows) / len(rows)
+        if abs(mean - acc) > 1e-9:  # our per-question rows must be lm-eval's own numbers
+            raise RuntimeError(f"{task}: per-question mean {mean} != lm-eval's {metric} {acc}")
+        meta = {"model": model_name, "stage": stage, "task": task, "metric": metric,
+                "filter": filt, "acc": acc, "acc_stderr": agg.get(f"{metric}_stderr,{filt}"),
+                "n": len(rows), "limit": limit, "base": str(base),
+                "adapter": adapter and str(adapter), "dev": str(dev),
+                "dev_sha256": sha256_file(dev), "drafts": drafts and str(drafts),
+                "drafts_sha256": drafts and sha256_file(drafts), "shuffle_seed": shuffle_seed,
+                "device": device_name, "dtype": dtype, "batch_size": batch_size,
+                "run_wall_s": round(wall, 2), "run_tasks": todo, "run_started": started,
+                "commit": git_commit(), "lm_eval": lm_eval.__version__}
+        jsonl, meta_path = eval_paths(results, model_name, stage, task)
+        write_jsonl(jsonl, rows)
+        write_json(meta_path, meta)
+        accs[task] = acc
+        print(f"{stage}.{task}: {metric} {acc:.4f} over {len(rows)} questions -> {jsonl}")
+    return accs
+
+
+# ---------------------------------------------------------------- summarize
+
+def load_evals(results, model):
+    """{(stage, task): (meta, {question: correct})} for every finished eval of `model`."""
+    evals = {}
+    for meta_path in sorted((Path(results) / model / "evals").glob("*.json")):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        jsonl = eval_paths(results, model, meta["stage"], meta["task"])[0]
+        rows = read_jsonl(jsonl, required=("question", "correct"), allow_extra=True)
+        evals[meta["stage"], meta["task"]] = (meta, {r["question"]: r["correct"] for r in rows})
+    return evals
+
+
+def stage_key(stage):
+    return (STAGE_ORDER.index(stage), "") if stage in STAGE_ORDER else (len(STAGE_ORDER), stage)
+
+
+def acc_entry(correct):
+    r = stats.accuracy(list(correct.values()))
+    return {k: r[k] for k in ("accuracy", "ci_low", "ci_high", "n")}
+
+
+def paired(c1, c2):
+    """Accuracy difference over the questions both runs answered (same order)."""
+    qs = [q for q in c1 if q in c2]
+    if not qs:
+        return None
+    r = stats.paired_difference([c1[q] for q in qs], [c2[q] for q in qs])
+    return {k: r[k] for k in ("diff", "ci_low", "ci_high", "mcnemar_p", "n",
+                              "only_1_correct", "only_2_correct")}
+
+
+def _rel(path, root):
+    """`path` relative to results/<model>/ where it lies inside it (results move with it)."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def attribution_share(path, root):
+    if not path.is_file():
+        return None
+    a = json.loads(path.read_text(encoding="utf-8"))
+    return {"share": a["mean_share"], "ci_low": a["ci_low"], "ci_high": a["ci_high"],
+            "n": a["n"], "file": _rel(path, root)}
+
+
+def judge_entry(path, root):
+    if not path.is_file():
+        return None
+    j = json.loads(path.read_text(encoding="utf-8"))
+    return {"judge_model": j["judge_model"], "win_rate": j["win_rate"], "ci_low": j["ci_low"],
+            "ci_high": j["ci_high"], "n": j["n"], "model_1": j.get("name_a"),
+            "model_2": j.get("name_b"), "file": _rel(path, root)}
+
+
+def provenance(evals, wall_times=None):
+    def shas(paths):
+        return {str(p.relative_to(REPO_ROOT)): sha256_file(p) for p in sorted(paths)}
+    manifest = REPO_ROOT / "data" / "MANIFEST.json"
+    data = {}
+    if manifest.is_file():
+        data = {f"data/{k}": v["sha256"] for k, v in json.loads(manifest.read_text())["splits"].items()}
+        data["data/MANIFEST.json"] = sha256_file(manifest)
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    walls = {}
+    for meta, _ in evals.values():  # tasks of one lm-eval call share its wall time
+        walls.setdefault(meta["stage"], {})[meta["run_started"]] = meta["run_wall_s"]
+    return {"git_commit": git_commit(), "recipes_sha256": shas((REPO_ROOT / "recipes").rglob("*.yaml")),
+            "data_sha256": data, "packages": versions,
+            "devices": sorted({m["device"] for m, _ in evals.values()}),
+            "eval_wall_s": {s: round(sum(w.values()), 2) for s, w in walls.items()},
+            "stage_wall_s": wall_times or {},
+            "evals": {f"{m['stage']}.{m['task']}": {k: m[k] for k in (
+                "acc", "n", "base", "adapter", "drafts_sha256", "dev_sha256", "device",
+                "run_wall_s", "run_started", "commit")} for m, _ in evals.values()}}
+
+
+def summarize(model_name, results="results", ablation_stage=None, attribution_dir=None,
+              judge=None, wall_times=None):
+    """Build and write results/<model>/summary.json; returns it."""
+    root = Path(results) / model_name
+    evals = load_evals(results, model_name)
+    if not evals:
+        raise InputError(root / "evals", None, "no evaluation results: run `askdraft evaluate` first")
+    stages, stage_tasks = {}, {}
+    for stage in sorted({s for s, _ in evals}, key=stage_key):
+        task = next((t for t in HEADLINE if (stage, t) in evals), None)
+        if task:
+            stages[stage], stage_tasks[stage] = evals[stage, task][1], task
+    if ablation_stage is None:
+        full = [s for s, _ in evals if all((s, t) in evals for t in ABLATIONS.values())]
+        ablation_stage = max(full, key=stage_key) if full else None
+    abl = {k: None for k in (*ABLATIONS, "draft_minus_nodraft", "draft_minus_shuffled")}
+    if ablation_stage is not None:
+        c = {k: evals[ablation_stage, t][1] for k, t in ABLATIONS.items() if (ablation_stage, t) in evals}
+        abl.update({k: acc_entry(v) for k, v in c.items()})
+        for other in ("nodraft", "shuffled"):
+            if "draft" in c and other in c:
+                abl[f"draft_minus_{other}"] = paired(c["draft"], c[other])
+    for s1, s2 in STAGE_DIFFS:
+        abl[f"{s1}_minus_{s2}"] = paired(stages[s1], stages[s2]) if s1 in stages and s2 in stages else None
+    attribution_dir = Path(attribution_dir or root / "attribution")
+    prov = provenance(evals, wall_times or _read_wall_times(root))
+    prov.update(stage_tasks=stage_tasks, ablation_stage=ablation_stage)
+    summary = {
+        "model": model_name, "device": ", ".join(prov["devices"]), "date": now(),
+        "commit": prov["git_commit"],
+        "stages": {s: acc_entry(c) for s, c in stages.items()},
+        "ablations": abl,
+        "attribution_draft_share": {w: attribution_share(attribution_dir / f"{w}.json", root)
+                                    for w in ("before_dpo", "after_dpo")},
+        "judge": judge_entry(Path(judge or root / "judge.json"), root),
+        "provenance": prov}
+    write_json(root / "summary.json", summary)
+    return summary
+
+
+def _read_wall_times(root):
+    """Optional results/<model>/wall_times.json ({stage: seconds}) written by the pipeline."""
+    path = root / "wall_times.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_cli(sub):
+    p = sub.add_parser("evaluate", help="lm-eval one stage's model; per-question results")
+    p.add_argument("--model-name", required=True, help="results/<model-name>/ (e.g. SmolLM2-135M-Instruct)")
+    p.add_argument("--stage", required=True, help="base, A, B, C, SG, ...")
+    p.add_argument("--base", required=True, type=Path, help="base model directory")
+    p.add_argument("--adapter", type=Path, help="PEFT adapter directory (default: none)")
+    p.add_argument("--drafts", type=Path, help="drafts JSONL of this model (draft tasks)")
+    p.add_argument("--dev", type=Path, default=Path(DEFAULT_DEV))
+    p.add_argument("--tasks", required=True, type=lambda s: [t for t in s.split(",") if t],
+                   help="comma-separated, e.g. strategyqa,strategyqa_draft")
+    p.add_argument("--limit", type=int, help="first N dev questions only (tests, smoke runs)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--shuffle-seed", type=int, default=1234)
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--force", action="store_true", help="re-run tasks that already have results")
+    p.set_defaults(func=_evaluate_cmd)
+
+    p = sub.add_parser("summarize", help="pool the evaluations into results/<model>/summary.json")
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--results", type=Path, default=Path("results"))
+    p.add_argument("--ablation-stage", help="stage whose draft ablations to report "
+                   "(default: the last one that ran all three)")
+    p.add_argument("--attribution-dir", type=Path,
+                   help="folder with before_dpo.json / after_dpo.json (default results/<model>/attribution)")
+    p.add_argument("--judge", type=Path, help="judge results JSON (default results/<model>/judge.json)")
+    p.set_defaults(func=_summarize_cmd)
+
+
+def _evaluate_cmd(a):
+    evaluate(a.model_name, a.stage, a.base, a.tasks, a.adapter, a.drafts, a.dev, a.limit,
+             a.results, a.batch_size, a.shuffle_seed, a.force)
+    return 0
+
+
+def _summarize_cmd(a):
+    s = summarize(a.model_name, a.results, a.ablation_stage, a.attribution_dir, a.judge)
+    for stage, r in s["stages"].items():
+        print(f"{stage}: {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n']}")
+    print(f"-> {Path(a.results) / a.model_name / 'summary.json'}")
+    return 0
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="askdraft-evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_cli(p.add_subparsers(dest="cmd", required=True))
+    args = p.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
