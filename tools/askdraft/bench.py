@@ -67,8 +67,8 @@ def config_candidates(name, phase):
     position_ids restarting per row and no padding (axolotl sample_packing)."""
     if name == "plain":  # the seed's recipe: micro 4 x accumulation 8, eager attention
         layout = "longest" if phase == "C" else "pad"  # TRL pads DPO pairs to the batch's longest
-        return [dict(layout=layout, pad_to=128, micro=4, accum=8, attn="eager", reentrant=True,
-                     fused_adam=False)]
+        return [dict(layout=layout, pad_to=128, micro=4, accum=8, attn="eager", reentrant=False,
+                     fused_adam=False)]  # transformers' default checkpointing, HF's adamw_torch
     if name == "tuned":
         base = dict(attn="sdpa", reentrant=False, fused_adam=True, pad_to=None)
         if phase == "C":  # axolotl/TRL 0.19 have no padding-free DPO: bigger micro-batches
@@ -83,6 +83,11 @@ def config_candidates(name, phase):
 def _find_tokenizer(repo):
     found = sorted(Path(repo, "models/base").glob("*/tokenizer.json"))
     return str(found[0].parent) if found else None
+
+
+def _short(path, repo):
+    p = Path(path).resolve()
+    return str(p.relative_to(Path(repo).resolve())) if p.is_relative_to(Path(repo).resolve()) else str(path)
 
 
 def _tokenize_lengths(tok, texts):
@@ -111,13 +116,13 @@ def length_samples(repo, tokenizer="auto", synthetic=False, seed=0):
             prompt = _tokenize_lengths(tok, ["".join(s["text"] for s in r if not s["label"]) for r in rows])
             compl = _tokenize_lengths(tok, ["".join(s["text"] for s in r if s["label"]) for r in rows])
             samples[phase] = list(zip(prompt, compl))
-            notes[phase] = f"{path.relative_to(repo)} via {tokdir}"
+            notes[phase] = f"{path.relative_to(repo)} via {_short(tokdir, repo)}"
     path = Path(repo, "data/pairs.jsonl")
     if path.is_file():
         rows = [json.loads(line) for line in path.open() if line.strip()]
         p, c, r = (_tokenize_lengths(tok, [row[k] for row in rows]) for k in ("prompt", "chosen", "rejected"))
         samples["C"] = [(a, b + 1, d + 1) for a, b, d in zip(p, c, r)]  # TRL appends EOS
-        notes["C"] = f"{path.relative_to(repo)} via {tokdir} (+EOS)"
+        notes["C"] = f"{path.relative_to(repo)} via {_short(tokdir, repo)} (+EOS)"
     return samples, notes
 
 
@@ -256,8 +261,8 @@ def set_attention(peft_model, attn, layout):
             from axolotl.monkeypatch.attention.sdpa_varlen import patch_sdpa_varlen
             if patch_sdpa_varlen():
                 return "sdpa+varlen"
-        except ImportError:
-            pass
+        except Exception as e:  # noqa: BLE001 - no axolotl here, or it does not import
+            print(f"axolotl sdpa_varlen unavailable ({type(e).__name__}: {e})")
     return attn  # packed rows: transformers builds a block-diagonal mask from position_ids
 
 
@@ -375,7 +380,8 @@ def run_one(model, phase, config, samples, args, device, vocab, peak, n_params):
         settings = cands[i]
         try:
             if device.type == "cuda" and i < len(cands) - 1:
-                res = measure(model, phase, settings, samples, argparse.Namespace(warmup=0, steps=1), device, vocab)
+                probe = argparse.Namespace(warmup=0, steps=1)
+                res = measure(model, phase, settings, samples, probe, device, vocab)
                 if too_big(res):
                     tried.append(f"micro {settings['micro']}: {res['peak_reserved_gib']:.2f} GiB")
                     i += 1
@@ -448,7 +454,8 @@ def time_eval(model, lengths, batch_size, device, vocab):
         for k in range(0, len(lengths), batch_size):
             chunk = lengths[k:k + batch_size]
             batch, _ = make_batch([(n - 1, 1) for n in chunk], "longest", None, vocab, device)
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().log_softmax(-1)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits.float().log_softmax(-1)  # what lm_eval does with them
     sync(device)
     return time.perf_counter() - t0
 
@@ -563,36 +570,45 @@ def main(argv=None):
 
     phases = [p for p in args.phases.split(",") if p]
     configs = [c for c in args.configs.split(",") if c]
+    tag = dict(prov, shape="tiny" if args.tiny else "llama2-7b", quant=quant, peak_bf16_flops=peak)
     results, rows = {}, []
     for phase in phases:
         for config in configs:
             res = run_one(model, phase, config, samples, args, device, shape["vocab_size"], peak, n_params)
             results[(phase, config)] = res
-            row = dict(phase=phase, config=config, **{k: res.get(k) for k in (
-                "peak_reserved_gib", "peak_allocated_gib", "useful_tokens_per_s", "mfu")},
-                **prov, peak_bf16_flops=peak, shape="tiny" if args.tiny else "llama2-7b",
-                quant=quant, lengths=notes[phase], **{k: v for k, v in res.items() if k not in (
-                    "peak_reserved_gib", "peak_allocated_gib", "useful_tokens_per_s", "mfu")})
-            rows.append(row)
-            print(f"{phase} {config:6s} " + ("ERROR " + res["error"] if "error" in res else
-                  f"{res['useful_tokens_per_s']:9.0f} useful tok/s  {res['s_per_step']:.3f} s/step  "
-                  f"padding {res['padding_fraction']:.0%}  peak reserved "
-                  f"{res.get('peak_reserved_gib', float('nan')):.2f} GiB  allocated "
-                  f"{res.get('peak_allocated_gib', float('nan')):.2f} GiB  MFU "
-                  + (f"{res['mfu']:.1%}" if res["mfu"] is not None else "n/a")
-                  + f"  [{res['settings']['attn']}, {res['settings']['layout']}, micro {res['settings']['micro']}]"), flush=True)
+            rows.append(bench_row(phase, config, res, tag, notes[phase]))
+            print(describe(phase, config, res), flush=True)
+            write_json(out, merge_rows(out, rows))  # a killed run keeps what it measured
     for phase in phases:
-        if {"plain", "tuned"} <= set(configs) and "error" not in results[(phase, "plain")] \
-                and "error" not in results[(phase, "tuned")]:
-            ratio = results[(phase, "tuned")]["useful_tokens_per_s"] / results[(phase, "plain")]["useful_tokens_per_s"]
-            print(f"{phase}: tuned / plain useful tokens/s = {ratio:.2f}x")
+        plain, tuned = results.get((phase, "plain"), {}), results.get((phase, "tuned"), {})
+        if plain.get("useful_tokens_per_s") and tuned.get("useful_tokens_per_s"):
+            print(f"{phase}: tuned / plain useful tokens/s = "
+                  f"{tuned['useful_tokens_per_s'] / plain['useful_tokens_per_s']:.2f}x")
     if args.pipeline:
         pipe = pipeline(model, results, samples, args, device, shape["vocab_size"], build_s)
-        rows.append(dict(pipe, config=args.pipeline_config, **prov, shape="tiny" if args.tiny else "llama2-7b"))
+        rows.append(dict(pipe, config=args.pipeline_config, **tag))
         print("pipeline:", json.dumps({k: pipe.get(k) for k in ("pipeline_7b_wall_s", "per_stage_s", "error")}))
     write_json(out, merge_rows(out, rows))
     print(f"wrote {len(rows)} rows to {out}")
     return rows
+
+
+def bench_row(phase, config, res, tag, lengths_note):
+    head = ("peak_reserved_gib", "peak_allocated_gib", "useful_tokens_per_s", "mfu")
+    return dict(phase=phase, config=config, **{k: res.get(k) for k in head}, **tag,
+                lengths=lengths_note, **{k: v for k, v in res.items() if k not in head})
+
+
+def describe(phase, config, res):
+    if "error" in res:
+        return f"{phase} {config:6s} ERROR {res['error']}"
+    gib = lambda k: f"{res[k]:.2f}" if res.get(k) is not None else "n/a"  # noqa: E731
+    mfu = f"{res['mfu']:.1%}" if res["mfu"] is not None else "n/a"
+    st = res["settings"]
+    return (f"{phase} {config:6s} {res['useful_tokens_per_s']:9.0f} useful tok/s  "
+            f"{res['s_per_step']:.3f} s/step  padding {res['padding_fraction']:.0%}  "
+            f"peak reserved {gib('peak_reserved_gib')} GiB  allocated {gib('peak_allocated_gib')} GiB  "
+            f"MFU {mfu}  [{st['attn']}, {st['layout']}, micro {st['micro']} x {st['accum']}]")
 
 
 if __name__ == "__main__":
