@@ -33,7 +33,7 @@ LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) -o $(RUNS)/$(1).yaml
 
-.PHONY: setup test test-fast data base sft phase-a phase-b merge-b pipeline clean-runs help
+.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b pipeline clean-runs help
 help:
 	@sed -n '2,6p' Makefile
 
@@ -81,3 +81,6 @@ models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensor
 
 clean-runs:
 	rm -rf runs .cache/axolotl_prepared
+
+bench: | $(SETUP)
+	$(PY) -m askdraft.bench --pipeline

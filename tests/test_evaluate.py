@@ -36,7 +36,8 @@ def make_inputs(folder, n=N):
 
 
 def make_adapter(base, out):
-    """A LoRA adapter whose B matrices are random (peft inits them to zero: a no-op)."""
+    """A LoRA adapter whose B matrices are random (peft inits them to zero: a no-op); at this
+    scale it flips some of the base model's all-"no" answers to "yes"."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -47,7 +48,7 @@ def make_adapter(base, out):
                                       task_type="CAUSAL_LM"))
     for name, p in model.named_parameters():
         if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
+            torch.nn.init.normal_(p, std=0.2)
     model.save_pretrained(out)
     return out
 
@@ -84,17 +85,19 @@ def own_drafts(path):
 
 
 def logliks(model, tok, prompt):
-    """Summed log-prob of each answer continuation after `prompt`, with plain transformers."""
+    """Summed log-prob of each answer continuation after `prompt`, with plain transformers
+    (both continuations in one right-padded batch: padding after a sequence cannot change it)."""
     import torch
-    out = []
     ctx = tok(prompt, add_special_tokens=False).input_ids
-    for answer in templates.ANSWERS:
-        full = tok(prompt + templates.answer_completion(answer), add_special_tokens=False).input_ids
-        assert full[:len(ctx)] == ctx, "the continuation changed the prompt's tokens"
-        with torch.no_grad():
-            logp = torch.log_softmax(model(torch.tensor([full])).logits[0].float(), -1)
-        out.append(sum(logp[i - 1, full[i]].item() for i in range(len(ctx), len(full))))
-    return out
+    fulls = [tok(prompt + templates.answer_completion(a), add_special_tokens=False).input_ids
+             for a in templates.ANSWERS]
+    assert all(f[:len(ctx)] == ctx for f in fulls), "a continuation changed the prompt's tokens"
+    width = max(map(len, fulls))
+    ids = torch.tensor([f + [0] * (width - len(f)) for f in fulls])
+    mask = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in fulls])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    return [sum(logp[b, i - 1, f[i]].item() for i in range(len(ctx), len(f))) for b, f in enumerate(fulls)]
 
 
 # ---------------------------------------------------------------- (a) lm-eval vs transformers
@@ -108,7 +111,7 @@ def test_lm_eval_matches_independent_transformers_computation(run):
     tok = AutoTokenizer.from_pretrained(run["base"])
     base = AutoModelForCausalLM.from_pretrained(run["base"], dtype=torch.float32)
     model = PeftModel.from_pretrained(base, run["adapter"]).eval()
-    own = own_drafts(run["drafts"])
+    own, cache, choices = own_drafts(run["drafts"]), {}, set()
     gold = {r["question"]: r["teacher_final"] for r in read_jsonl(run["dev"], required=("question",), allow_extra=True)}
     for task in TASKS:
         samples = run["samples"][task]
@@ -118,14 +121,18 @@ def test_lm_eval_matches_independent_transformers_computation(run):
             draft = {"strategyqa_draft": own[q], "strategyqa_shuffleddraft": s["doc"]["draft"]}.get(task)
             prompt = templates.answer_prompt(q, draft)
             assert s["arguments"]["gen_args_0"]["arg_0"] == prompt  # lm-eval saw the template's prompt
-            mine = logliks(model, tok, prompt)
+            if prompt not in cache:  # strategyqa and strategyqa_nodraft share their prompts
+                cache[prompt] = logliks(model, tok, prompt)
+            mine = cache[prompt]
             theirs = [float(r[0]) for r in s["filtered_resps"]]
             assert mine == pytest.approx(theirs, abs=2e-3), (task, q)
             choice = templates.ANSWERS[mine.index(max(mine))]
             assert choice == templates.ANSWERS[theirs.index(max(theirs))], (task, q)
             correct.append(int(choice == gold[q]))
+            choices.add(choice)
             assert float(s["acc"]) == correct[-1]
         assert sum(correct) / N == pytest.approx(run["results"][task]["acc,none"]), task
+    assert choices == {"yes", "no"}, "all answers alike: the choice comparison would prove little"
     # the adapter is applied, not a no-op: the base model alone scores differently
     q = next(iter(gold))
     with model.disable_adapter():

@@ -72,7 +72,7 @@ def config_candidates(name, phase):
     if name == "tuned":
         base = dict(attn="sdpa", reentrant=False, fused_adam=True, pad_to=None)
         if phase == "C":  # axolotl/TRL 0.19 have no padding-free DPO: bigger micro-batches
-            return [dict(base, layout="longest", micro=m, accum=32 // m) for m in (16, 8, 4)]
+            return [dict(base, layout="longest", micro=m, accum=32 // m) for m in (16, 8, 4, 2, 1)]
         return [dict(base, layout="pack", micro=m, accum=32 // m) for m in (32, 16, 8)]
     if name == "packed":  # tuned, plus padding-free packed DPO (needs support in the plugin)
         return [dict(c, layout="pack") for c in config_candidates("tuned", phase)]
