@@ -28,12 +28,28 @@ RUNS := runs/$(PROFILE)
 PROFILES_cpu := cpu
 PROFILES_smoke := cpu smoke
 PROFILES_gpu := gpu
+PROFILES_gpu-fast := gpu-fast
 LIMIT_smoke := 64
+DRAFT_LIMIT_smoke := 48
+EVAL_LIMIT_smoke := 24
+ATTR_LIMIT_smoke := 4
+ATTR_LIMIT ?= $(or $(ATTR_LIMIT_$(PROFILE)),50)
+JUDGE_LIMIT ?= 50
+PAIR_MODE ?= draft
+SG_ROUNDS ?= 1
 LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
+DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),)
+EVAL_LIMIT := $(if $(EVAL_LIMIT_$(PROFILE)),--limit $(EVAL_LIMIT_$(PROFILE)),)
+MERGED := models/cot_phaseB/merged
+RESULTS := results/$(MODEL_NAME)
+# an OpenAI-compatible judge: JUDGE_URL (e.g. http://localhost:8000/v1) and JUDGE_MODEL;
+# the key, if the server needs one, only from the environment (OPENAI_API_KEY)
+JUDGE_URL ?=
+JUDGE_MODEL ?=
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) -o $(RUNS)/$(1).yaml
 
-.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b pipeline clean-runs help
+.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg eval attribution judge report pipeline clean-runs help
 help:
 	@sed -n '2,6p' Makefile
 
@@ -77,7 +93,61 @@ models/cot_phaseB/adapter_model.safetensors: models/baseline_phaseA/adapter_mode
 merge-b: models/cot_phaseB/merged/config.json
 models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
-	$(AXOLOTL) merge-lora $(RUNS)/phase_b.yaml
+	$(AXOLOTL) merge-lora $(RUNS)/phase_b.yaml --lora_model_dir models/cot_phaseB  # not phase A's, which the recipe names
+
+drafts: data/drafts/cot_phaseB/REPORT.json
+data/drafts/cot_phaseB/REPORT.json: $(MERGED)/config.json
+	$(ASKDRAFT) drafts --base $(MERGED) --name cot_phaseB $(DRAFT_LIMIT)
+
+pairs: data/pairs.jsonl
+data/pairs.jsonl: data/drafts/cot_phaseB/REPORT.json
+	$(ASKDRAFT) pairs --mode $(PAIR_MODE) --drafts data/drafts/cot_phaseB/train.jsonl \
+	  --gold data/strategyqa_train_cot.jsonl --tokenizer $(MERGED) --allow-empty -o $@
+
+phase-c: models/dpo_phaseC/adapter_model.safetensors
+models/dpo_phaseC/adapter_model.safetensors: data/pairs.jsonl $(MERGED)/config.json
+	$(call RECIPE,phase_c,$(MERGED))
+	$(AXOLOTL) train $(RUNS)/phase_c.yaml
+	rm -f models/dpo_phaseC/model.safetensors  # axolotl also saves the whole model beside the adapter
+
+drafts-c: data/drafts/dpo_phaseC/REPORT.json
+data/drafts/dpo_phaseC/REPORT.json: models/dpo_phaseC/adapter_model.safetensors
+	$(ASKDRAFT) drafts --base $(MERGED) --adapter models/dpo_phaseC --name dpo_phaseC --splits dev $(DRAFT_LIMIT)
+
+sg: models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json
+models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json: models/dpo_phaseC/adapter_model.safetensors
+	$(PY) tools/iterate_dpo.py --rounds $(SG_ROUNDS) $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) $(if $(LIMIT),--limit $(LIMIT),)
+
+# evaluation: lm-eval per stage (each writes results/<model>/evals/<stage>.<task>.jsonl and skips if done)
+EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) $(EVAL_LIMIT)
+eval: $(RESULTS)/evals/.done
+$(RESULTS)/evals/.done: data/drafts/dpo_phaseC/REPORT.json
+	$(EVAL) --stage base --base $(BASE) --tasks strategyqa
+	$(EVAL) --stage A --base $(BASE) --adapter models/baseline_phaseA --tasks strategyqa
+	$(EVAL) --stage B --base $(BASE) --adapter models/cot_phaseB --tasks strategyqa,strategyqa_cot
+	$(EVAL) --stage C --base $(MERGED) --adapter models/dpo_phaseC --drafts data/drafts/dpo_phaseC/dev.jsonl \
+	  --tasks strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft
+	touch $@
+
+attribution: $(RESULTS)/attribution_after_dpo.json
+$(RESULTS)/attribution_after_dpo.json: data/drafts/dpo_phaseC/REPORT.json
+	$(PY) tools/attention_tools.py --base $(MERGED) --drafts data/drafts/cot_phaseB/dev.jsonl \
+	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution_before_dpo.json --heatmaps $(RESULTS)/heatmaps_before
+	$(PY) tools/attention_tools.py --base $(MERGED) --adapter models/dpo_phaseC --drafts data/drafts/dpo_phaseC/dev.jsonl \
+	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/heatmaps_after
+
+judge: $(RESULTS)/judge.json
+$(RESULTS)/judge.json: data/drafts/dpo_phaseC/REPORT.json
+	@if [ -z "$(JUDGE_URL)$(JUDGE_MODEL)" ]; then echo "judge: set JUDGE_URL and JUDGE_MODEL (skipped)"; else \
+	$(ASKDRAFT) judge --drafts-a data/drafts/dpo_phaseC/dev.jsonl --drafts-b data/drafts/cot_phaseB/dev.jsonl \
+	  --name-a dpo_phaseC --name-b cot_phaseB $(if $(JUDGE_URL),--base-url $(JUDGE_URL),) --model $(JUDGE_MODEL) \
+	  --limit $(JUDGE_LIMIT) --out $@ || true; fi
+
+report: | eval attribution judge
+	$(ASKDRAFT) summarize --model-name $(MODEL_NAME)
+	$(ASKDRAFT) report --model-name $(MODEL_NAME)
+
+pipeline: report
 
 clean-runs:
 	rm -rf runs .cache/axolotl_prepared

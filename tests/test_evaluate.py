@@ -204,7 +204,8 @@ def test_evaluate_per_question_files_match_lm_eval_cli(run, evaluated):
         for r in rows:
             s = run["samples"][task][r["question"]]
             assert r["correct"] == float(s["acc"])
-            assert [r["loglik"]["yes"], r["loglik"]["no"]] == pytest.approx([float(x[0]) for x in s["filtered_resps"]], abs=1e-4)
+            theirs = [float(x[0]) for x in s["filtered_resps"]]
+            assert [r["loglik"]["yes"], r["loglik"]["no"]] == pytest.approx(theirs, abs=1e-4)
     # resume: a second call skips every finished task and rewrites nothing
     before = {p: p.stat().st_mtime_ns for p in (evaluated / "smol" / "evals").iterdir()}
     assert evaluate.evaluate("smol", "C", run["base"], list(TASKS), adapter=run["adapter"], drafts=run["drafts"],
@@ -226,7 +227,8 @@ def test_summary_shape_and_paired_stats(evaluated):
     assert s["ablations"]["B_minus_A"] is None
     for key in ("accuracy", "ci_low", "ci_high", "n"):
         assert key in s["stages"]["C"] and key in s["ablations"]["shuffled"]
-    dev_order = [r["question"] for r in read_jsonl(evaluated.parent / "dev.jsonl", required=("question",), allow_extra=True)]
+    dev = read_jsonl(evaluated.parent / "dev.jsonl", required=("question",), allow_extra=True)
+    dev_order = [r["question"] for r in dev]
     vec = lambda stage, task: [_correct(evaluated, stage, task)[q] for q in dev_order]  # noqa: E731
     assert s["stages"]["C"]["accuracy"] == stats.accuracy(vec("C", "strategyqa_draft"))["accuracy"]
     for key, (one, two) in {"draft_minus_nodraft": (("C", "strategyqa_draft"), ("C", "strategyqa_nodraft")),

@@ -82,8 +82,9 @@ def run_round(k, start, adapter, args):
     cfg = compose(args.recipe, args.profile, args.set)
     print(f"round {k}: drafts by {start} + {adapter}")
     draft_counts = drafts.run(start, f"round_{k}", adapter, args.splits.split(","), args.data,
-                              args.data_out, args.batch_size, args.limit, max_new_tokens=args.max_new_tokens)
-    # drafts.run wrote data/sg/round_k/ (its <out-root>/<name>/); keep its REPORT.json there
+                              args.data_out, args.batch_size, args.limit, load_in_4bit=args.load_in_4bit,
+                              max_new_tokens=args.max_new_tokens)
+    # drafts.run wrote <data-out>/round_k/{train,dev}.jsonl and REPORT.json
     report = pairs.run(data_dir / "train.jsonl", Path(args.data) / drafts.SPLITS["train"],
                        data_dir / "pairs.jsonl", args.mode, tokenizer=start,
                        max_len=cfg["sequence_len"] - 2, allow_empty=True)
@@ -124,6 +125,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--limit", type=int, help="first N questions of each split")
+    p.add_argument("--load-in-4bit", action="store_true", help="draft with an NF4 base (7B on 8 GB)")
     args = p.parse_args(argv)
     try:
         drafts.check_dirs(args.start_base, args.start_adapter)

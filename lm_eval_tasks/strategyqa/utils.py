@@ -34,7 +34,9 @@ def load_drafts(path, rows):
     if not path:
         raise InputError("--metadata", None, 'this task needs the drafts file: --metadata \'{"drafts": "data/drafts/<model>/dev.jsonl"}\'')
     by_q = {}
-    for d in read_jsonl(path, required=("question", "draft"), allow_extra=True):
+    for d in read_jsonl(path, required=("question",), allow_extra=True):
+        if not isinstance(d.get("draft"), str):  # an empty draft is a real outcome, kept as ""
+            raise InputError(path, d["_line"], "missing field 'draft' (a string)")
         by_q[d["question"]] = d["draft"]
     missing = [r for r in rows if r["question"] not in by_q]
     if missing:

@@ -166,7 +166,9 @@ def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root
         print(f"{out_dir / split}.jsonl: {c['n']} drafts, {c['unparsed']} unparsed, {c['empty']} empty, "
               f"tentative accuracy {c['tentative_accuracy']}" + (" (already done)" if c["skipped"] else ""))
     write_json(out_dir / "REPORT.json", {"base": str(base), "adapter": adapter and str(adapter),
-                                         "generation": gen, "splits": report})
+                                         "generation": gen,
+                                         "splits": {s: {k: v for k, v in c.items() if k != "skipped"}
+                                                    for s, c in report.items()}})
     return report
 
 

@@ -85,10 +85,12 @@ def per_question(samples, task):
 def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFAULT_DEV,
              limit=None, results="results", batch_size=8, shuffle_seed=1234, force=False):
     """Run the missing tasks of one stage in one lm-eval call; returns {task: acc}."""
-    todo = [t for t in tasks if force or not eval_paths(results, model_name, stage, t)[1].exists()]
-    for t in sorted(set(tasks) - set(todo)):
+    def done(task):
+        return not force and eval_paths(results, model_name, stage, task)[1].exists()
+
+    for t in [t for t in tasks if done(t)]:
         print(f"skip {stage}.{t}: {eval_paths(results, model_name, stage, t)[1]} exists")
-    if not todo:
+    if all(done(t) for t in tasks):
         return {}
     for path, marker in ((base, "config.json"), (adapter, "adapter_config.json")):
         if path is not None and not (Path(path) / marker).is_file():
@@ -101,19 +103,23 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
     if drafts is not None:
         metadata["drafts"] = str(Path(drafts).resolve())
     manager = TaskManager(include_path=str(REPO_ROOT / "lm_eval_tasks"), metadata=metadata)
-    task_objs = get_task_dict(todo, manager)  # loads the datasets: bad input fails before the model
+    # loads the datasets, so bad input fails before the model loads; groups become their tasks
+    leaves = _leaves(get_task_dict([t for t in tasks if not done(t)], manager))
+    todo = {name: task for name, task in leaves.items() if not done(name)}
+    if not todo:
+        return {}
     device, dtype, device_name = device_and_dtype()
     lm = HFLM(pretrained=str(base), peft=adapter and str(adapter), dtype=dtype, device=device,
               batch_size=batch_size)
     started, t0 = now(), time.time()
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(task_objs.values()), limit=limit,
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(todo.values()), limit=limit,
                                   log_samples=True, task_manager=manager)
     wall = time.time() - t0
     accs = {}
     for task in todo:
         rows, metric, filt = per_question(out["samples"][task], task)
         agg = out["results"][task]
-        acc = agg[f"{metric},{filt}"]
+        acc = float(agg[f"{metric},{filt}"])
         mean = sum(r["correct"] for r in rows) / len(rows)
         if abs(mean - acc) > 1e-9:  # our per-question rows must be lm-eval's own numbers
             raise RuntimeError(f"{task}: per-question mean {mean} != lm-eval's {metric} {acc}")
@@ -124,7 +130,7 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
                 "dev_sha256": sha256_file(dev), "drafts": drafts and str(drafts),
                 "drafts_sha256": drafts and sha256_file(drafts), "shuffle_seed": shuffle_seed,
                 "device": device_name, "dtype": dtype, "batch_size": batch_size,
-                "run_wall_s": round(wall, 2), "run_tasks": todo, "run_started": started,
+                "run_wall_s": round(wall, 2), "run_tasks": list(todo), "run_started": started,
                 "commit": git_commit(), "lm_eval": lm_eval.__version__}
         jsonl, meta_path = eval_paths(results, model_name, stage, task)
         write_jsonl(jsonl, rows)
@@ -134,13 +140,24 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
     return accs
 
 
+def _leaves(task_dict):
+    """{task name: Task} of lm-eval's (possibly nested, for groups) task dict."""
+    out = {}
+    for name, task in task_dict.items():
+        out.update(_leaves(task) if isinstance(task, dict) else {name: task})
+    return out
+
+
 # ---------------------------------------------------------------- summarize
 
 def load_evals(results, model):
     """{(stage, task): (meta, {question: correct})} for every finished eval of `model`."""
     evals = {}
     for meta_path in sorted((Path(results) / model / "evals").glob("*.json")):
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InputError(meta_path, e.lineno, f"malformed JSON ({e.msg})") from None
         jsonl = eval_paths(results, model, meta["stage"], meta["task"])[0]
         rows = read_jsonl(jsonl, required=("question", "correct"), allow_extra=True)
         evals[meta["stage"], meta["task"]] = (meta, {r["question"]: r["correct"] for r in rows})
