@@ -13,6 +13,8 @@ PY ?= $(BIN)/python
 SETUP := $(if $(filter $(BIN)/python,$(PY)),setup,)
 ASKDRAFT := $(PY) -m askdraft.cli
 AXOLOTL := $(PY) -m axolotl.cli.main
+# axolotl starts `accelerate launch` from PATH: put the chosen environment's scripts first
+export PATH := $(if $(findstring /,$(PY)),$(abspath $(dir $(PY))):,)$(PATH)
 export AXOLOTL_DO_NOT_TRACK := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from askdraft import REPO_ROOT, evaluate, report, stats, templates
-from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
+from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
 
 TASKS = ("strategyqa", "strategyqa_nodraft", "strategyqa_draft", "strategyqa_shuffleddraft")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -23,9 +23,19 @@ LM_EVAL = Path(sys.executable).parent / "lm_eval"
 N = 8
 
 
-def make_inputs(folder, n=N):
+@pytest.fixture(scope="module")
+def real_data(tmp_path_factory):
+    """The real split, built by `askdraft data` (offline: bigbench from PyPI, cached)."""
+    out = tmp_path_factory.mktemp("data")
+    r = subprocess.run([sys.executable, "-m", "askdraft.cli", "data", "--no-hub", "--out", str(out)],
+                       env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def make_inputs(folder, real_data, n=N):
     """dev: the first n questions of the real dev split; drafts: one distinct draft each."""
-    dev = read_jsonl(REPO_ROOT / "data" / "strategyqa_dev.jsonl", required=("question", "teacher_final"),
+    dev = read_jsonl(real_data / "strategyqa_dev.jsonl", required=("question", "teacher_final"),
                      allow_extra=True)[:n]
     write_jsonl(folder / "dev.jsonl", dev)
     drafts = [{"question": r["question"], "draft": f"What is known? {r['teacher_cot']}\n"
@@ -59,10 +69,10 @@ def lm_eval_cli(*args):
 
 
 @pytest.fixture(scope="module")
-def run(smollm2_dir, tmp_path_factory):
+def run(smollm2_dir, real_data, tmp_path_factory):
     """One `lm_eval` CLI run of the four tasks: {task: {question: sample}} + the results JSON."""
     tmp = tmp_path_factory.mktemp("lm_eval")
-    dev, drafts = make_inputs(tmp)
+    dev, drafts = make_inputs(tmp, real_data)
     adapter = make_adapter(smollm2_dir, tmp / "adapter")
     meta = json.dumps({"dev": str(dev), "drafts": str(drafts)})
     r = lm_eval_cli("--model", "hf", "--model_args", f"pretrained={smollm2_dir},peft={adapter},dtype=float32",
@@ -76,8 +86,8 @@ def run(smollm2_dir, tmp_path_factory):
         (f,) = (tmp / "out").rglob(f"samples_{task}_[0-9]*.jsonl")
         rows = [json.loads(line) for line in f.read_text().splitlines()]
         samples[task] = {s["doc"]["question"]: s for s in rows}
-    return dict(base=smollm2_dir, adapter=adapter, dev=dev, drafts=drafts, tmp=tmp, samples=samples,
-                results=json.loads(results_file.read_text())["results"])
+    return dict(data=real_data, base=smollm2_dir, adapter=adapter, dev=dev, drafts=drafts, tmp=tmp,
+                samples=samples, results=json.loads(results_file.read_text())["results"])
 
 
 def own_drafts(path):
@@ -142,8 +152,8 @@ def test_lm_eval_matches_independent_transformers_computation(run):
 
 # ---------------------------------------------------------------- (b) errors, (c) shuffle
 
-def test_missing_draft_names_the_drafts_file(tmp_path, tiny_llama_dir):
-    dev, drafts = make_inputs(tmp_path)
+def test_missing_draft_names_the_drafts_file(tmp_path, tiny_llama_dir, real_data):
+    dev, drafts = make_inputs(tmp_path, real_data)
     rows = read_jsonl(drafts, required=("question",), allow_extra=True)
     write_jsonl(drafts, rows[:-1])  # the last dev question has no draft
     with pytest.raises(InputError, match=r"drafts\.jsonl.*1 dev question\(s\) have no draft"):
@@ -156,8 +166,8 @@ def test_missing_draft_names_the_drafts_file(tmp_path, tiny_llama_dir):
 
 
 @pytest.mark.slow
-def test_lm_eval_cli_reports_missing_draft(tmp_path, tiny_llama_dir):
-    dev, drafts = make_inputs(tmp_path)
+def test_lm_eval_cli_reports_missing_draft(tmp_path, tiny_llama_dir, real_data):
+    dev, drafts = make_inputs(tmp_path, real_data)
     write_jsonl(drafts, read_jsonl(drafts, required=("question",), allow_extra=True)[1:])
     r = lm_eval_cli("--model", "hf", "--model_args", f"pretrained={tiny_llama_dir}", "--include_path",
                     "lm_eval_tasks", "--tasks", "strategyqa_draft", "--device", "cpu",
@@ -214,8 +224,8 @@ def test_evaluate_per_question_files_match_lm_eval_cli(run, evaluated):
 
 
 @pytest.mark.slow
-def test_summary_shape_and_paired_stats(evaluated):
-    s = evaluate.summarize("smol", evaluated)
+def test_summary_shape_and_paired_stats(run, evaluated):
+    s = evaluate.summarize("smol", evaluated, data_dir=run["data"])
     assert s == json.loads((evaluated / "smol" / "summary.json").read_text())
     assert {"model", "device", "date", "commit", "stages", "ablations", "attribution_draft_share",
             "judge", "provenance"} <= set(s)
@@ -239,7 +249,10 @@ def test_summary_shape_and_paired_stats(evaluated):
             assert s["ablations"][key][k] == pytest.approx(direct[k]), (key, k)
     prov = s["provenance"]
     assert prov["packages"]["lm_eval"] == "0.4.11" and "recipes/phase_a.yaml" in prov["recipes_sha256"]
-    assert "data/strategyqa_dev.jsonl" in prov["data_sha256"] and set(prov["eval_wall_s"]) == {"A", "C"}
+    assert prov["data_sha256"]["data/strategyqa_dev.jsonl"] == sha256_file(run["data"] / "strategyqa_dev.jsonl")
+    assert prov["evals"]["C.strategyqa_draft"]["dev_sha256"] == sha256_file(run["dev"])
+    assert prov["evals"]["C.strategyqa_draft"]["drafts_sha256"] == sha256_file(run["drafts"])
+    assert set(prov["eval_wall_s"]) == {"A", "C"}
 
 
 # ---------------------------------------------------------------- (e) report + notebook

@@ -208,10 +208,10 @@ def judge_entry(path, root):
             "model_2": j.get("name_b"), "file": _rel(path, root)}
 
 
-def provenance(evals, wall_times=None):
+def provenance(evals, wall_times=None, data_dir=REPO_ROOT / "data"):
     def shas(paths):
         return {str(p.relative_to(REPO_ROOT)): sha256_file(p) for p in sorted(paths)}
-    manifest = REPO_ROOT / "data" / "MANIFEST.json"
+    manifest = Path(data_dir) / "MANIFEST.json"  # written by `askdraft data`
     data = {}
     if manifest.is_file():
         data = {f"data/{k}": v["sha256"] for k, v in json.loads(manifest.read_text())["splits"].items()}
@@ -236,7 +236,7 @@ def provenance(evals, wall_times=None):
 
 
 def summarize(model_name, results="results", ablation_stage=None, attribution_dir=None,
-              judge=None, wall_times=None):
+              judge=None, wall_times=None, data_dir=REPO_ROOT / "data"):
     """Build and write results/<model>/summary.json; returns it."""
     root = Path(results) / model_name
     evals = load_evals(results, model_name)
@@ -260,7 +260,7 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
     for s1, s2 in STAGE_DIFFS:
         abl[f"{s1}_minus_{s2}"] = paired(stages[s1], stages[s2]) if s1 in stages and s2 in stages else None
     attribution_dir = Path(attribution_dir or root / "attribution")
-    prov = provenance(evals, wall_times or _read_wall_times(root))
+    prov = provenance(evals, wall_times or _read_wall_times(root), data_dir)
     prov.update(stage_tasks=stage_tasks, ablation_stage=ablation_stage)
     summary = {
         "model": model_name, "device": ", ".join(prov["devices"]), "date": now(),
