@@ -121,22 +121,24 @@ models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json: models/dpo_phaseC/adapter_mo
 	$(PY) tools/iterate_dpo.py --rounds $(SG_ROUNDS) $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) $(if $(LIMIT),--limit $(LIMIT),)
 
 # evaluation: lm-eval per stage (each writes results/<model>/evals/<stage>.<task>.jsonl and skips if done)
+ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft
 EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) $(EVAL_LIMIT)
 eval: $(RESULTS)/evals/.done
 $(RESULTS)/evals/.done: data/drafts/dpo_phaseC/REPORT.json
 	$(EVAL) --stage base --base $(BASE) --tasks strategyqa
 	$(EVAL) --stage A --base $(BASE) --adapter models/baseline_phaseA --tasks strategyqa
-	$(EVAL) --stage B --base $(BASE) --adapter models/cot_phaseB --tasks strategyqa,strategyqa_cot
+	$(EVAL) --stage B --base $(BASE) --adapter models/cot_phaseB --drafts data/drafts/cot_phaseB/dev.jsonl \
+	  --tasks strategyqa,strategyqa_cot,$(ABLATION_TASKS)
 	$(EVAL) --stage C --base $(MERGED) --adapter models/dpo_phaseC --drafts data/drafts/dpo_phaseC/dev.jsonl \
-	  --tasks strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft
+	  --tasks strategyqa,$(ABLATION_TASKS)
 	touch $@
 
-attribution: $(RESULTS)/attribution_after_dpo.json
-$(RESULTS)/attribution_after_dpo.json: data/drafts/dpo_phaseC/REPORT.json
+attribution: $(RESULTS)/attribution/after_dpo.json
+$(RESULTS)/attribution/after_dpo.json: data/drafts/dpo_phaseC/REPORT.json
 	$(PY) tools/attention_tools.py --base $(MERGED) --drafts data/drafts/cot_phaseB/dev.jsonl \
-	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution_before_dpo.json --heatmaps $(RESULTS)/heatmaps_before
+	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution/before_dpo.json --heatmaps $(RESULTS)/attribution/heatmaps_before
 	$(PY) tools/attention_tools.py --base $(MERGED) --adapter models/dpo_phaseC --drafts data/drafts/dpo_phaseC/dev.jsonl \
-	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/heatmaps_after
+	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/attribution/heatmaps_after
 
 judge: $(RESULTS)/judge.json
 $(RESULTS)/judge.json: data/drafts/dpo_phaseC/REPORT.json
@@ -149,7 +151,9 @@ report: | eval attribution judge
 	$(ASKDRAFT) summarize --model-name $(MODEL_NAME)
 	$(ASKDRAFT) report --model-name $(MODEL_NAME)
 
-pipeline: report
+# the whole pipeline, stage by stage, each stage's wall time into results/<model>/wall_times.json
+pipeline: | $(SETUP)
+	PROFILE=$(PROFILE) PY=$(PY) MODEL_NAME=$(MODEL_NAME) tools/run_stages.sh
 
 clean-runs:
 	rm -rf runs .cache/axolotl_prepared

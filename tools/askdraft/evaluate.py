@@ -18,6 +18,7 @@ summarize reads those files and computes, over the same dev questions:
 import datetime
 import importlib.metadata
 import json
+import os
 import subprocess
 import sys
 import time
@@ -41,6 +42,9 @@ def eval_paths(results, model, stage, task):
 
 
 def git_commit():
+    """HEAD of this checkout, or ASKDRAFT_COMMIT where the code runs from a copy (GPU host)."""
+    if os.environ.get("ASKDRAFT_COMMIT"):
+        return os.environ["ASKDRAFT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, check=True)
