@@ -95,7 +95,7 @@ models/cot_phaseB/adapter_model.safetensors: models/baseline_phaseA/adapter_mode
 merge-b: models/cot_phaseB/merged/config.json
 models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
-	$(AXOLOTL) merge-lora $(RUNS)/phase_b.yaml --lora_model_dir models/cot_phaseB  # not phase A's, which the recipe names
+	$(AXOLOTL) merge-lora $(RUNS)/phase_b.yaml --lora-model-dir models/cot_phaseB  # not phase A's, which the recipe names
 
 drafts: data/drafts/cot_phaseB/REPORT.json
 data/drafts/cot_phaseB/REPORT.json: $(MERGED)/config.json

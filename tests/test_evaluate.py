@@ -17,10 +17,21 @@ from askdraft import REPO_ROOT, evaluate, report, stats, templates
 from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
 
 TASKS = ("strategyqa", "strategyqa_nodraft", "strategyqa_draft", "strategyqa_shuffleddraft")
+# One CPU thread everywhere: on a shared 2-core machine two OpenMP threads wait on each other
+# (measured: a forward pass 9x slower with 2 threads than with 1 while other jobs run).
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+       "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 LM_EVAL = Path(sys.executable).parent / "lm_eval"
 N = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +163,7 @@ def test_lm_eval_matches_independent_transformers_computation(run):
 
 # ---------------------------------------------------------------- (b) errors, (c) shuffle
 
+@pytest.mark.slow
 def test_missing_draft_names_the_drafts_file(tmp_path, tiny_llama_dir, real_data):
     dev, drafts = make_inputs(tmp_path, real_data)
     rows = read_jsonl(drafts, required=("question",), allow_extra=True)

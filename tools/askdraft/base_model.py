@@ -38,6 +38,8 @@ def convert_gguf(gguf, dest):
     tok.pad_token = END_TOKEN
     end_id = tok.convert_tokens_to_ids(END_TOKEN)
     config = loaded.config
+    if hasattr(config, "quantization_config"):  # newer transformers record "gguf": not trainable
+        del config.quantization_config
     config.eos_token_id = config.pad_token_id = end_id
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
