@@ -1,9 +1,12 @@
 """Shared test fixtures: a tiny random Llama + a tokenizer built offline (no Hub, no mocks)."""
 import os
+import sys
 import shutil
 
 import pytest
 
+# axolotl starts `accelerate launch` from PATH: the test interpreter's scripts come first
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 for _var in ("AXOLOTL_DO_NOT_TRACK", "DO_NOT_TRACK", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 
