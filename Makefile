@@ -51,7 +51,7 @@ JUDGE_URL ?=
 JUDGE_MODEL ?=
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) -o $(RUNS)/$(1).yaml
 
-.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg eval attribution judge report pipeline clean-runs help
+.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg eval attribution judge report pipeline phase-b-multi phase-c-multi clean-runs help
 help:
 	@sed -n '2,6p' Makefile
 
@@ -154,6 +154,18 @@ report: | eval attribution judge
 # the whole pipeline, stage by stage, each stage's wall time into results/<model>/wall_times.json
 pipeline: | $(SETUP)
 	PROFILE=$(PROFILE) PY=$(PY) MODEL_NAME=$(MODEL_NAME) tools/run_stages.sh
+
+# several GPUs of one node (recipes/multi_gpu/README.md): effective batch 4 x (8 / NGPU) x NGPU = 32
+NGPU ?= 2
+ZERO ?=
+MULTI = $(ASKDRAFT) recipe recipes/$(1).yaml --set base_model=$(2) --set gradient_accumulation_steps=$$((8 / $(NGPU))) \
+	$(if $(ZERO),--set deepspeed=recipes/multi_gpu/zero$(ZERO).json,) -o runs/multi/$(1).yaml
+phase-b-multi: models/baseline_phaseA/adapter_model.safetensors
+	$(call MULTI,phase_b,$(BASE))
+	$(AXOLOTL) train runs/multi/phase_b.yaml --launcher accelerate -- --num_processes $(NGPU)
+phase-c-multi: data/pairs.jsonl $(MERGED)/config.json
+	$(call MULTI,phase_c,$(MERGED))
+	$(AXOLOTL) train runs/multi/phase_c.yaml --launcher accelerate -- --num_processes $(NGPU)
 
 clean-runs:
 	rm -rf runs .cache/axolotl_prepared
