@@ -1,7 +1,10 @@
 """Shared test fixtures: a tiny random Llama + a tokenizer built offline (no Hub, no mocks)."""
+import functools
 import os
-import sys
 import shutil
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +12,16 @@ import pytest
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 for _var in ("AXOLOTL_DO_NOT_TRACK", "DO_NOT_TRACK", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")
+
+@functools.cache
+def strategyqa_split():
+    """The real split files, built once per session from the embedded source into a temp dir
+    (a clean clone has no data/)."""
+    from askdraft import data
+    out = Path(tempfile.mkdtemp(prefix="askdraft-split-"))
+    data.build(out, hub=False)
+    return out
+
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.model", "vocab.json", "merges.txt", "chat_template.jinja")

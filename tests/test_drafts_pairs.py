@@ -8,6 +8,7 @@ import pytest
 
 from askdraft import drafts, pairs, templates
 from askdraft.io import InputError
+from conftest import strategyqa_split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,8 +19,8 @@ def write_jsonl(path, rows):
 
 
 def split_rows(n, offset=0):
-    lines = (REPO / "data/strategyqa_train_cot.jsonl").read_text().splitlines()[offset:offset + n]
-    return [json.loads(x) for x in lines]
+    lines = (strategyqa_split() / "strategyqa_train_cot.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines[offset:offset + n]]
 
 
 # ---------------------------------------------------------------- drafts

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import strategyqa_split
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -39,7 +40,7 @@ def test_one_sg_round(tiny_llama_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     for name, lo, n in (("strategyqa_train_cot.jsonl", 0, 8), ("strategyqa_dev.jsonl", 0, 4)):
-        (data / name).write_text("".join((REPO / "data" / name).read_text().splitlines(True)[lo:lo + n]))
+        (data / name).write_text("".join((strategyqa_split() / name).read_text().splitlines(True)[lo:lo + n]))
 
     cmd = [sys.executable, str(REPO / "tools/iterate_dpo.py"), "--rounds", "1",
            "--start-base", str(tiny_llama_dir), "--start-adapter", "dpo_phaseC", "--out", "models/sg",
