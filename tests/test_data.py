@@ -55,7 +55,7 @@ def test_bad_input_names_file_and_line_and_writes_nothing(tmp_path, bad_line, me
     write_source(tmp_path / "src.jsonl", n=60, extra=[bad_line])
     r = askdraft("data", "--source", str(tmp_path / "src.jsonl"), "--out", str(tmp_path / "out"), "--n-train", "40", cwd=tmp_path)
     assert r.returncode != 0
-    assert f"src.jsonl:61: " in r.stderr and message in r.stderr, r.stderr
+    assert "src.jsonl:61: " in r.stderr and message in r.stderr, r.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -294,12 +294,8 @@ def add_cli(subparsers):
 def main(argv=None):
     p = add_arguments(argparse.ArgumentParser(prog="attention_tools", description=__doc__,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from askdraft.cli import run
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

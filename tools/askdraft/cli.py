@@ -11,7 +11,11 @@ def main(argv=None):
     from askdraft import attribution, base_model, data, drafts, evaluate, judge, pairs, recipe, report, sft_data
     for mod in (data, base_model, sft_data, recipe, drafts, pairs, evaluate, attribution, judge, report):
         mod.add_cli(sub)
-    args = p.parse_args(argv)
+    return run(p.parse_args(argv))
+
+
+def run(args):
+    """Run a parsed command: bad input prints its message (file and line) and exits 2."""
     try:
         return args.func(args) or 0
     except InputError as e:

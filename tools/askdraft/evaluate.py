@@ -334,12 +334,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="askdraft-evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_cli(p.add_subparsers(dest="cmd", required=True))
-    args = p.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from askdraft.cli import run
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

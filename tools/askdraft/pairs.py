@@ -174,12 +174,8 @@ def add_cli(sub):
 def main(argv=None):
     p = add_arguments(argparse.ArgumentParser(prog="build_dpo_pairs", description=__doc__,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
-    args = p.parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    from askdraft.cli import run
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
