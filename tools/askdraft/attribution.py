@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from askdraft import stats
 from askdraft.io import InputError, read_jsonl, write_json
 from askdraft.templates import ANSWERS, answer_completion, answer_prompt
 
@@ -87,13 +88,11 @@ def draft_share(attributions, span):
 
 
 def bootstrap_ci(values, seed=0, n_boot=10_000, level=0.95):
-    """(mean, low, high): percentile bootstrap CI of the mean."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) == 0:
+    """(mean, low, high): percentile bootstrap CI of the mean (stats.mean_ci)."""
+    if len(values) == 0:
         raise ValueError("no values to bootstrap")
-    means = v[np.random.default_rng(seed).integers(0, len(v), (n_boot, len(v)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(v.mean()), float(lo), float(hi)
+    r = stats.mean_ci(values, n_boot=n_boot, seed=seed, level=level)
+    return r["mean"], r["ci_low"], r["ci_high"]
 
 
 # ---------------------------------------------------------------- integrated gradients

@@ -27,10 +27,8 @@ import datetime
 import gc
 import json
 import math
-import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -38,9 +36,11 @@ from pathlib import Path
 import torch
 
 try:
+    from askdraft import git_commit
     from askdraft.io import write_json
 except ImportError:  # run from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from askdraft import git_commit
     from askdraft.io import write_json
 
 LLAMA2_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
@@ -497,13 +497,7 @@ def pipeline(model, results, samples, args, device, vocab, build_s):
 
 # ---------------------------------------------------------------------------- output
 def provenance(repo, device):
-    commit = os.environ.get("ASKDRAFT_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                                    text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
+    commit = git_commit(repo)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return dict(device=name, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 commit=commit)

@@ -18,13 +18,11 @@ summarize reads those files and computes, over the same dev questions:
 import datetime
 import importlib.metadata
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from askdraft import REPO_ROOT, stats
+from askdraft import REPO_ROOT, git_commit, stats
 from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
 
 ABLATIONS = {"draft": "strategyqa_draft", "nodraft": "strategyqa_nodraft",
@@ -39,18 +37,6 @@ DEFAULT_DEV = "data/strategyqa_dev.jsonl"
 def eval_paths(results, model, stage, task):
     folder = Path(results) / model / "evals"
     return folder / f"{stage}.{task}.jsonl", folder / f"{stage}.{task}.json"
-
-
-def git_commit():
-    """HEAD of this checkout, or ASKDRAFT_COMMIT where the code runs from a copy (GPU host)."""
-    if os.environ.get("ASKDRAFT_COMMIT"):
-        return os.environ["ASKDRAFT_COMMIT"]
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def now():
