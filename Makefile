@@ -13,6 +13,8 @@ PY ?= $(BIN)/python
 SETUP := $(if $(filter $(BIN)/python,$(PY)),setup,)
 ASKDRAFT := $(PY) -m askdraft.cli
 AXOLOTL := $(PY) -m axolotl.cli.main
+# one device: train in this process (the default `accelerate launch` re-imports the stack, ~10 s)
+TRAIN := $(AXOLOTL) train --launcher python
 # axolotl starts `accelerate launch` from PATH: put the chosen environment's scripts first
 export PATH := $(if $(findstring /,$(PY)),$(abspath $(dir $(PY))):,)$(PATH)
 export AXOLOTL_DO_NOT_TRACK := 1
@@ -39,8 +41,10 @@ ATTR_LIMIT ?= $(or $(ATTR_LIMIT_$(PROFILE)),50)
 JUDGE_LIMIT ?= 50
 PAIR_MODE ?= draft
 SG_ROUNDS ?= 1
-# generation batch: a GPU drafts 289 questions in ~40 s at 96 (H100), ~8 min for 2000 at 16
-DRAFT_BATCH ?= $(if $(filter 1,$(HAS_GPU)),96,16)
+# generation and scoring batches: a decode step of a small model costs about the same at 16 or
+# 256 rows on a GPU; lower them for a 7B on an 8 GB card
+DRAFT_BATCH ?= $(if $(filter 1,$(HAS_GPU)),256,16)
+EVAL_BATCH ?= $(if $(filter 1,$(HAS_GPU)),64,8)
 LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
 DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),)
@@ -87,12 +91,12 @@ data/sft/REPORT.json: data/MANIFEST.json $(BASE)/config.json
 phase-a: models/baseline_phaseA/adapter_model.safetensors
 models/baseline_phaseA/adapter_model.safetensors: data/sft/REPORT.json
 	$(call RECIPE,phase_a,$(BASE))
-	$(AXOLOTL) train $(RUNS)/phase_a.yaml
+	$(TRAIN) $(RUNS)/phase_a.yaml
 
 phase-b: models/cot_phaseB/adapter_model.safetensors
 models/cot_phaseB/adapter_model.safetensors: models/baseline_phaseA/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
-	$(AXOLOTL) train $(RUNS)/phase_b.yaml
+	$(TRAIN) $(RUNS)/phase_b.yaml
 
 merge-b: models/cot_phaseB/merged/config.json
 models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensors
@@ -111,7 +115,7 @@ data/pairs.jsonl: data/drafts/cot_phaseB/REPORT.json
 phase-c: models/dpo_phaseC/adapter_model.safetensors
 models/dpo_phaseC/adapter_model.safetensors: data/pairs.jsonl $(MERGED)/config.json
 	$(call RECIPE,phase_c,$(MERGED))
-	$(AXOLOTL) train $(RUNS)/phase_c.yaml
+	$(TRAIN) $(RUNS)/phase_c.yaml
 	rm -f models/dpo_phaseC/model.safetensors  # axolotl also saves the whole model beside the adapter
 
 drafts-c: data/drafts/dpo_phaseC/REPORT.json
@@ -124,7 +128,7 @@ models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json: models/dpo_phaseC/adapter_mo
 
 # evaluation: lm-eval per stage (each writes results/<model>/evals/<stage>.<task>.jsonl and skips if done)
 ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft
-EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) $(EVAL_LIMIT)
+EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --batch-size $(EVAL_BATCH) $(EVAL_LIMIT)
 eval: $(RESULTS)/evals/.done
 $(RESULTS)/evals/.done: data/drafts/dpo_phaseC/REPORT.json
 	$(EVAL) --stage base --base $(BASE) --tasks strategyqa

@@ -94,7 +94,7 @@ def run_round(k, start, adapter, args):
                askdraft_schedule=[LOSSES[args.loss]],
                dataset_prepared_path=str(Path(".cache/axolotl_prepared/sg") / f"round_{k}"))
     write_recipe(cfg, data_dir / "phase_c.yaml", f"round {k}, one epoch on {data_dir / 'pairs.jsonl'}")
-    axolotl("train", data_dir / "phase_c.yaml")
+    axolotl("train", data_dir / "phase_c.yaml", "--launcher", "python")
     write_json(out / "ROUND.json", {
         "round": k, "drafted_by": {"start": str(start), "adapter": str(adapter)},
         "start": str(out / "start"), "adapter": str(out), "loss": LOSSES[args.loss], "mode": args.mode,

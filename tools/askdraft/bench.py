@@ -336,9 +336,11 @@ def measure(model, phase, settings, samples, args, device, vocab):
     for k, sample in enumerate(steps):
         batches = step_batches(phase, sample, settings, vocab, device)
         sync(device)
+        prof = op_profiler(args, phase, settings) if k == len(steps) - 1 else contextlib.nullcontext()
         t0 = time.perf_counter()
-        loss = train_step(model, opt, phase, batches)
-        sync(device)
+        with prof:
+            loss = train_step(model, opt, phase, batches)
+            sync(device)
         if k >= args.warmup:
             times.append(time.perf_counter() - t0)
             useful += sum(c[0] for _, c, _ in batches)
@@ -353,6 +355,22 @@ def measure(model, phase, settings, samples, args, device, vocab):
     return dict(mem, useful_tokens=useful, total_tokens=total, seconds=secs,
                 s_per_step=statistics.median(times), useful_tokens_per_s=useful / secs,
                 padding_fraction=1 - useful / total, attn=attn, final_loss=loss)
+
+
+def op_profiler(args, phase, settings):
+    """torch.profiler over one optimizer step; the op table goes to --profile-dir."""
+    if not getattr(args, "profile_dir", None):
+        return contextlib.nullcontext()
+    out = Path(args.profile_dir) / f"ops_{phase}_{settings['layout']}_micro{settings['micro']}.txt"
+
+    def write(prof):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        out.write_text(prof.key_averages().table(sort_by=sort, row_limit=30))
+
+    acts = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    return torch.profiler.profile(activities=acts, on_trace_ready=write)
 
 
 def flops_per_useful_token(phase, n_base, n_lora):
@@ -538,6 +556,7 @@ def main(argv=None):
     ap.add_argument("--gen-batches", type=int, default=2, help="timed generate batches")
     ap.add_argument("--eval-batch", type=int, default=64)
     ap.add_argument("--eval-docs", type=int, default=289, help="dev questions per eval task")
+    ap.add_argument("--profile-dir", help="write a torch.profiler op table of each run's last step here")
     ap.add_argument("--repo", default=str(Path(__file__).resolve().parents[2]))
     args = ap.parse_args(argv)
 
