@@ -71,8 +71,10 @@ def config_candidates(name, phase):
                      fused_adam=False)]  # transformers' default checkpointing, HF's adamw_torch
     if name == "tuned":
         base = dict(attn="sdpa", reentrant=False, fused_adam=True, pad_to=None)
-        if phase == "C":  # axolotl/TRL 0.19 have no padding-free DPO: bigger micro-batches
-            return [dict(base, layout="longest", micro=m, accum=32 // m) for m in (16, 8, 4, 2, 1)]
+        if phase == "C":  # axolotl/TRL 0.19 have no padding-free DPO: bigger micro-batches, and
+            # the reference log-probs computed once before training (TRL precompute_ref_log_probs)
+            return [dict(base, layout="longest", micro=m, accum=32 // m, ref="precomputed")
+                    for m in (16, 8, 4, 2, 1)]
         return [dict(base, layout="pack", micro=m, accum=32 // m) for m in (32, 16, 8)]
     if name == "packed":  # tuned, plus padding-free packed DPO (needs support in the plugin)
         return [dict(c, layout="pack") for c in config_candidates("tuned", phase)]
@@ -281,19 +283,25 @@ def seq_logps(model, batch):
     return torch.zeros(int(seq_id.max()) + 1, device=lp.device).index_add_(0, seq_id[0], lp[0])
 
 
-def dpo_loss(model, batch, beta=0.1):
-    """Sigmoid DPO with the reference = the same model with the adapter disabled (no grad)."""
-    with torch.no_grad(), model.disable_adapter():
-        ref = seq_logps(model, batch)
+def dpo_loss(model, batch, beta=0.1, ref_mode="per_step"):
+    """Sigmoid DPO with the reference = the same model with the adapter disabled (no grad),
+    run every step, or (ref_mode "precomputed") read from a column filled before training,
+    which costs one no-grad pass over the pairs (timed in the pipeline estimate)."""
+    if ref_mode == "precomputed":
+        ref = torch.zeros(batch["input_ids"].shape[0] if "position_ids" not in batch
+                          else int((batch["position_ids"] == 0).sum()), device=batch["input_ids"].device)
+    else:
+        with torch.no_grad(), model.disable_adapter():
+            ref = seq_logps(model, batch)
     pol = seq_logps(model, batch)
     n = pol.shape[0] // 2
     logits = (pol[:n] - pol[n:]) - (ref[:n] - ref[n:])
     return -torch.nn.functional.logsigmoid(beta * logits).mean()
 
 
-def train_step(model, opt, phase, batches):
+def train_step(model, opt, phase, batches, ref_mode="per_step"):
     for batch, _, _ in batches:
-        loss = dpo_loss(model, batch) if phase == "C" else model(**batch).loss
+        loss = dpo_loss(model, batch, ref_mode=ref_mode) if phase == "C" else model(**batch).loss
         (loss / len(batches)).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -337,12 +345,13 @@ def measure(model, phase, settings, samples, args, device, vocab):
         batches = step_batches(phase, sample, settings, vocab, device)
         sync(device)
         prof = op_profiler(args, phase, settings) if k == len(steps) - 1 else contextlib.nullcontext()
-        t0 = time.perf_counter()
-        with prof:
-            loss = train_step(model, opt, phase, batches)
+        with prof:  # the profiler's own teardown is not timed
+            t0 = time.perf_counter()
+            loss = train_step(model, opt, phase, batches, settings.get("ref", "per_step"))
             sync(device)
+            dt = time.perf_counter() - t0
         if k >= args.warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(dt)
             useful += sum(c[0] for _, c, _ in batches)
             total += sum(c[1] for _, c, _ in batches)
     assert math.isfinite(loss), f"loss {loss}"
@@ -490,6 +499,10 @@ def pipeline(model, results, samples, args, device, vocab, build_s):
             return {"error": f"no {args.pipeline_config} measurement for phase {phase}"}
         steps[phase] = epochs[phase] * math.ceil(counts[phase] / SEQS_PER_STEP)
         per_stage[phase] = steps[phase] * res["s_per_step"]
+    if results[("C", args.pipeline_config)]["settings"].get("ref") == "precomputed":
+        rows = [p + c for p, c, _ in samples["C"]] + [p + r for p, _, r in samples["C"]]
+        per_stage["C_reference_logps"] = time_eval(model, [min(n, MAX_LEN["C"]) for n in rows],
+                                                   args.eval_batch, device, vocab)
     questions = [p for p, _ in samples["B"]][:args.draft_questions]
     questions += questions[:args.draft_questions - len(questions)]  # + dev questions
     per_stage["drafts"], gen_all = time_generation(model, questions, args, device, vocab)
