@@ -39,7 +39,9 @@ EVAL_LIMIT_smoke := 24
 ATTR_LIMIT_smoke := 4
 ATTR_LIMIT ?= $(or $(ATTR_LIMIT_$(PROFILE)),50)
 JUDGE_LIMIT ?= 50
-PAIR_MODE ?= draft
+# smoke: a 1-epoch, 64-row student rarely writes a parseable draft, and draft mode drops those
+PAIR_MODE_smoke := answer
+PAIR_MODE ?= $(or $(PAIR_MODE_$(PROFILE)),draft)
 SG_ROUNDS ?= 1
 # generation and scoring batches: a decode step of a small model costs about the same at 16 or
 # 256 rows on a GPU; lower them for a 7B on an 8 GB card

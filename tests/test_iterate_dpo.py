@@ -65,7 +65,8 @@ def test_one_sg_round(tiny_llama_dir, tmp_path):
     assert all(torch.allclose(start[k], expect[k], atol=1e-6) for k in expect)
     state = json.loads(sorted(md.glob("checkpoint-*/trainer_state.json"))[-1].read_text())
     steps = [e for e in state["log_history"] if "askdraft/beta" in e]
-    assert len(steps) == 2 and steps[0]["rewards/margins"] == 0
+    # margin ~0 at the first step: the (precomputed) reference is the start model itself
+    assert len(steps) == 2 and abs(steps[0]["rewards/margins"]) < 1e-5
     assert all(e["askdraft/beta"] == 0.1 and e["askdraft/cal_shift"] == 0 for e in steps)
     assert sum(e["askdraft/pairs_dropped"] for e in steps) == 1  # the robust filter: 15 % of 8
 
