@@ -26,7 +26,8 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 PROFILE ?= $(if $(filter 1,$(HAS_GPU)),gpu,cpu)
 BASE_NAME ?= SmolLM2-135M-Instruct
 BASE ?= models/base/$(BASE_NAME)
-MODEL_NAME ?= $(notdir $(BASE))
+# smoke results go to results/<model>-smoke/, never over a full run's committed results
+MODEL_NAME ?= $(notdir $(BASE))$(if $(filter smoke,$(PROFILE)),-smoke,)
 RUNS := runs/$(PROFILE)
 # profile -> recipe profiles (recipes/profiles/*.yaml) and data size
 PROFILES_cpu := cpu
@@ -34,11 +35,15 @@ PROFILES_smoke := cpu smoke
 PROFILES_gpu := gpu
 PROFILES_gpu-fast := gpu-fast
 LIMIT_smoke := 64
-DRAFT_LIMIT_smoke := 48
+DRAFT_LIMIT_smoke := 32
+DRAFT_TOKENS_smoke := 48
+# smoke: the generative strategyqa_cot task (128 new tokens a question) would double its time
+COT_TASK_smoke :=
 EVAL_LIMIT_smoke := 24
 ATTR_LIMIT_smoke := 4
 ATTR_LIMIT ?= $(or $(ATTR_LIMIT_$(PROFILE)),50)
-JUDGE_LIMIT ?= 50
+JUDGE_LIMIT_smoke := 8
+JUDGE_LIMIT ?= $(or $(JUDGE_LIMIT_$(PROFILE)),50)
 # smoke: a 1-epoch, 64-row student rarely writes a parseable draft, and draft mode drops those
 PAIR_MODE_smoke := answer
 PAIR_MODE ?= $(or $(PAIR_MODE_$(PROFILE)),draft)
@@ -49,14 +54,18 @@ DRAFT_BATCH ?= $(if $(filter 1,$(HAS_GPU)),256,16)
 EVAL_BATCH ?= $(if $(filter 1,$(HAS_GPU)),64,8)
 LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
-DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),)
+DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) $(if $(DRAFT_TOKENS_$(PROFILE)),--max-new-tokens $(DRAFT_TOKENS_$(PROFILE)),)
+COT_TASK := $(if $(filter smoke,$(PROFILE)),$(COT_TASK_smoke),strategyqa_cot,)
 EVAL_LIMIT := $(if $(EVAL_LIMIT_$(PROFILE)),--limit $(EVAL_LIMIT_$(PROFILE)),)
 MERGED := models/cot_phaseB/merged
 RESULTS := results/$(MODEL_NAME)
-# an OpenAI-compatible judge: JUDGE_URL (e.g. http://localhost:8000/v1) and JUDGE_MODEL;
-# the key, if the server needs one, only from the environment (OPENAI_API_KEY)
+# the judge: an OpenAI-compatible server (JUDGE_URL, e.g. http://localhost:8000/v1, and JUDGE_MODEL;
+# the key, if it needs one, only from the environment: OPENAI_API_KEY), or JUDGE_SERVE=MODEL_DIR
+# to run `transformers serve` on that model for the stage (JUDGE_SERVE=$(BASE): the embedded
+# model as its own judge, a pipeline check only)
 JUDGE_URL ?=
 JUDGE_MODEL ?=
+JUDGE_SERVE ?=
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) -o $(RUNS)/$(1).yaml
 
 .PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg eval attribution judge report pipeline phase-b-multi phase-c-multi clean-runs help
@@ -104,6 +113,7 @@ merge-b: models/cot_phaseB/merged/config.json
 models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
 	$(AXOLOTL) merge-lora $(RUNS)/phase_b.yaml --lora-model-dir models/cot_phaseB  # not phase A's, which the recipe names
+	touch $@  # merge-lora copies config.json with the base's old mtime: make would merge again
 
 drafts: data/drafts/cot_phaseB/REPORT.json
 data/drafts/cot_phaseB/REPORT.json: $(MERGED)/config.json
@@ -136,7 +146,7 @@ $(RESULTS)/evals/.done: data/drafts/dpo_phaseC/REPORT.json
 	$(EVAL) --stage base --base $(BASE) --tasks strategyqa
 	$(EVAL) --stage A --base $(BASE) --adapter models/baseline_phaseA --tasks strategyqa
 	$(EVAL) --stage B --base $(BASE) --adapter models/cot_phaseB --drafts data/drafts/cot_phaseB/dev.jsonl \
-	  --tasks strategyqa,strategyqa_cot,$(ABLATION_TASKS)
+	  --tasks strategyqa,$(COT_TASK)$(ABLATION_TASKS)
 	$(EVAL) --stage C --base $(MERGED) --adapter models/dpo_phaseC --drafts data/drafts/dpo_phaseC/dev.jsonl \
 	  --tasks strategyqa,$(ABLATION_TASKS)
 	touch $@
@@ -150,10 +160,10 @@ $(RESULTS)/attribution/after_dpo.json: data/drafts/dpo_phaseC/REPORT.json
 
 judge: $(RESULTS)/judge.json
 $(RESULTS)/judge.json: data/drafts/dpo_phaseC/REPORT.json
-	@if [ -z "$(JUDGE_URL)$(JUDGE_MODEL)" ]; then echo "judge: set JUDGE_URL and JUDGE_MODEL (skipped)"; else \
+	@if [ -z "$(JUDGE_URL)$(JUDGE_SERVE)" ]; then echo "judge: set JUDGE_URL + JUDGE_MODEL or JUDGE_SERVE (skipped)"; else \
 	$(ASKDRAFT) judge --drafts-a data/drafts/dpo_phaseC/dev.jsonl --drafts-b data/drafts/cot_phaseB/dev.jsonl \
-	  --name-a dpo_phaseC --name-b cot_phaseB $(if $(JUDGE_URL),--base-url $(JUDGE_URL),) --model $(JUDGE_MODEL) \
-	  --limit $(JUDGE_LIMIT) --out $@ || true; fi
+	  --name-a dpo_phaseC --name-b cot_phaseB $(if $(JUDGE_URL),--base-url $(JUDGE_URL),--serve $(JUDGE_SERVE)) \
+	  $(if $(JUDGE_MODEL),--model $(JUDGE_MODEL),) --limit $(JUDGE_LIMIT) --out $@ || true; fi
 
 report: | eval attribution judge
 	$(ASKDRAFT) summarize --model-name $(MODEL_NAME)

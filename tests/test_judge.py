@@ -393,3 +393,25 @@ def test_transformers_serve_position_biased_judge_ties(tmp_path, transformers_se
     assert run_cli(*argv) == 0
     assert served() == 2 * len(questions)                          # the cache answered
     assert load_results(tmp_path)[0] == res
+
+
+def test_serve_option_runs_transformers_serve_for_the_run_only(tmp_path):
+    pytest.importorskip("fastapi")
+    model_dir = tmp_path / "bigram-llama"
+    build_bigram_llama(model_dir)
+    questions = [f"Would Q{i} need sub-questions?" for i in range(2)]
+    a, b = make_drafts(tmp_path, questions)
+    argv = [a if x == "URL" else x for x in cli_args(tmp_path, a, b, "URL")]
+    argv = argv[:argv.index("--base-url")] + argv[argv.index("--base-url") + 2:]  # no --base-url
+    argv = [x for i, x in enumerate(argv) if x != "--model" and (i == 0 or argv[i - 1] != "--model")]
+    assert run_cli(*argv, "--serve", model_dir) == 0
+    res, calls = load_results(tmp_path)
+    assert res["judge_model"] == str(model_dir) and res["questions"] == 2
+    assert all(c["content"] == ANSWER for c in calls) and res["win_rate"] == 0.5
+    log = (tmp_path / "out" / "judge.serve.log").read_text()
+    assert log.count("POST /v1/chat/completions") == 4
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", res["base_url"]).group(1))
+    with pytest.raises(OSError):  # the server is gone when the command returns
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+    with pytest.raises(InputError, match="no config.json"):
+        run_cli(*argv, "--serve", tmp_path / "nowhere")

@@ -89,6 +89,11 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager, get_task_dict
 
+    if limit:  # the first `limit` dev questions as the split itself: drafts (and the shuffled
+        # derangement) then need to cover only those, as `askdraft drafts --limit` writes them
+        dev_rows = read_jsonl(dev, allow_extra=True)[:limit]
+        dev = Path(results) / model_name / "evals" / f".dev_first{limit}.jsonl"
+        write_jsonl(dev, dev_rows)
     metadata = {"dev": str(Path(dev).resolve()), "shuffle_seed": shuffle_seed}
     if drafts is not None:
         metadata["drafts"] = str(Path(drafts).resolve())
@@ -102,7 +107,7 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
     lm = HFLM(pretrained=str(base), peft=adapter and str(adapter), dtype=dtype, device=device,
               batch_size=batch_size)
     started, t0 = now(), time.time()
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(todo.values()), limit=limit,
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(todo.values()),
                                   log_samples=True, task_manager=manager)
     wall = time.time() - t0
     accs = {}

@@ -10,14 +10,22 @@ makes no repeated call and a killed run resumes. A failed call (server error or 
 after retries with exponential back-off) or an unusable answer (no JSON verdict A/B/tie)
 marks only its question as failed; neither is cached, so the next run retries them. The API key
 comes only from the environment and is never logged or written.
+
+`--serve MODEL_DIR` starts `transformers serve MODEL_DIR` on a free localhost port for the
+duration of the run and judges with it (e.g. the embedded model as its own judge: a pipeline
+check, not a measurement of question quality).
 """
+import contextlib
 import hashlib
 import json
 import os
 import random
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -238,6 +246,39 @@ def judge_files(drafts_1, drafts_2, out, judge, name_1, name_2, base_url, calls_
     return results
 
 
+@contextlib.contextmanager
+def served(model_dir, log_path, startup_timeout=300):
+    """`transformers serve MODEL_DIR` on a free localhost port while the block runs; yields
+    its /v1 base URL. The server's output goes to log_path (quoted on a failed start)."""
+    if not (Path(model_dir) / "config.json").is_file():
+        raise InputError(model_dir, None, "model directory not found (no config.json)")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
+                                 "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise JudgeError(f"transformers serve {model_dir} did not start; its log "
+                                         f"({log_path}):\n{Path(log_path).read_text()[-2000:]}") from None
+                    time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def api_key(env_var=None, base_url=None):
     """The key from the environment; a placeholder for a custom server when none is set."""
     key = os.environ.get(env_var or "OPENAI_API_KEY")
@@ -258,7 +299,10 @@ def add_cli(sub):
     p.add_argument("--name-b", help="model 2's name (default: the drafts file's folder name)")
     p.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
                    "(default: OpenAI, or $OPENAI_BASE_URL)")
-    p.add_argument("--model", required=True, help="judge model name as the server knows it")
+    p.add_argument("--model", help="judge model name as the server knows it (default with --serve: "
+                   "the served directory)")
+    p.add_argument("--serve", type=Path, metavar="MODEL_DIR", help="run `transformers serve MODEL_DIR` "
+                   "on localhost for this run and judge with it (instead of --base-url)")
     p.add_argument("--api-key-env", help="environment variable holding the API key "
                    "(default OPENAI_API_KEY; unset is fine for a --base-url server that needs none)")
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/judge"))
@@ -282,16 +326,25 @@ def cmd(args):
     name_2 = args.name_b or args.drafts_b.resolve().parent.name
     if name_1 == name_2:
         name_1, name_2 = f"{name_1}_a", f"{name_2}_b"
+    if bool(args.serve) == bool(args.base_url) and args.serve:
+        print("error: give --serve or --base-url, not both", file=sys.stderr)
+        return 2
+    model = args.model or (str(args.serve) if args.serve else None)
+    if model is None:
+        print("error: --model is required (unless --serve names the model)", file=sys.stderr)
+        return 2
+    out = args.out or Path("results") / f"judge_{name_1}_vs_{name_2}.json"
     try:
-        key = api_key(args.api_key_env, args.base_url)
+        with (served(args.serve, out.with_suffix(".serve.log")) if args.serve
+              else contextlib.nullcontext(args.base_url)) as base_url:
+            key = api_key(args.api_key_env, base_url)
+            judge = Judge(base_url, model, key, args.cache_dir, args.timeout, args.retries,
+                          args.backoff, args.max_tokens, args.temperature, args.max_consecutive_failures)
+            r = judge_files(args.drafts_a, args.drafts_b, out, judge, name_1, name_2, base_url,
+                            args.calls_out, args.limit, args.concurrency)
     except JudgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    judge = Judge(args.base_url, args.model, key, args.cache_dir, args.timeout, args.retries,
-                  args.backoff, args.max_tokens, args.temperature, args.max_consecutive_failures)
-    out = args.out or Path("results") / f"judge_{name_1}_vs_{name_2}.json"
-    r = judge_files(args.drafts_a, args.drafts_b, out, judge, name_1, name_2, args.base_url,
-                    args.calls_out, args.limit, args.concurrency)
     rate = "n/a" if r["win_rate"] is None else f"{r['win_rate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
     print(f"{name_1} vs {name_2}: {r['wins']} wins, {r['ties']} ties, {r['losses']} losses, "
           f"{r['failed']} failed; win-rate {rate} -> {out}")
