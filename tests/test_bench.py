@@ -110,7 +110,9 @@ def test_tiny_run_rows(tmp_path):
         assert plain["padding_fraction"] > 0.2 and tuned["padding_fraction"] == 0
     pipe = mine[(None, "tuned")]
     assert pipe["pipeline_7b_wall_s"] == pytest.approx(sum(pipe["per_stage_s"].values()))
-    assert set(pipe["per_stage_s"]) == {"A", "B", "C", "drafts", "eval", "model_loads"}
+    # tuned C reads precomputed reference log-probs; the pipeline pays that one pass once
+    assert mine[("C", "tuned")]["settings"]["ref"] == "precomputed"
+    assert set(pipe["per_stage_s"]) == {"A", "B", "C", "C_reference_logps", "drafts", "eval", "model_loads"}
     bench.main(args + ["--phases", "A", "--configs", "tuned"])  # merging replaces, not appends
     assert len(json.loads(out.read_text())) == len(rows)
 

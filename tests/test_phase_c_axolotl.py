@@ -116,3 +116,14 @@ def test_phase_c_recipe_runs_the_schedule(tiny_llama_dir, tmp_path):
     margins = {k: sum(e["rewards/margins"] for e in v) / 4 for k, v in by_epoch.items()}
     assert margins[4] > margins[1] and margins[4] > 0, margins
     assert sum(e["rewards/accuracies"] for e in by_epoch[4]) / 4 > 0.5, margins
+
+
+def test_plugin_register_acts_only_on_configs_that_list_it():
+    """axolotl calls register() of every plugin loaded in the process, also for later configs."""
+    from askdraft_dpo import PLUGIN, AskDraftDPOPlugin
+
+    other = {"plugins": ["askdraft_fastprep.FastPrepPlugin"]}
+    AskDraftDPOPlugin().register(other)
+    assert "trainer_cls" not in other
+    with pytest.raises(ValueError, match="needs rl: dpo"):
+        AskDraftDPOPlugin().register({"plugins": [PLUGIN]})

@@ -11,6 +11,7 @@ from axolotl.integrations.base import BasePlugin
 from .args import AskDraftDPOArgs
 
 TRAINER_CLS = "askdraft_dpo.trainer.AskDraftDPOTrainer"
+PLUGIN = "askdraft_dpo.AskDraftDPOPlugin"
 
 
 class AskDraftDPOPlugin(BasePlugin):
@@ -18,6 +19,10 @@ class AskDraftDPOPlugin(BasePlugin):
         return "askdraft_dpo.args.AskDraftDPOArgs"
 
     def register(self, cfg):
+        # axolotl calls register() of every plugin loaded in this process, also for a later
+        # config that does not list this one (e.g. phase B after phase C in one session)
+        if PLUGIN not in (cfg.get("plugins") or []):
+            return
         # axolotl 0.19's RL builder constructs a trainer class returned by get_trainer_cls()
         # without the model (it passes no positional args), so we route through axolotl's own
         # `trainer_cls` key instead, which gets (model, ref_model) like the stock DPO trainer.
