@@ -37,8 +37,6 @@ PROFILES_gpu-fast := gpu-fast
 LIMIT_smoke := 64
 DRAFT_LIMIT_smoke := 32
 DRAFT_TOKENS_smoke := 48
-# smoke: the generative strategyqa_cot task (128 new tokens a question) would double its time
-COT_TASK_smoke :=
 EVAL_LIMIT_smoke := 24
 ATTR_LIMIT_smoke := 4
 ATTR_LIMIT ?= $(or $(ATTR_LIMIT_$(PROFILE)),50)
@@ -55,7 +53,8 @@ EVAL_BATCH ?= $(if $(filter 1,$(HAS_GPU)),64,8)
 LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
 DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) $(if $(DRAFT_TOKENS_$(PROFILE)),--max-new-tokens $(DRAFT_TOKENS_$(PROFILE)),)
-COT_TASK := $(if $(filter smoke,$(PROFILE)),$(COT_TASK_smoke),strategyqa_cot,)
+# smoke: no generative strategyqa_cot (128 new tokens a question would double its eval time)
+COT_TASK := $(if $(filter smoke,$(PROFILE)),,strategyqa_cot,)
 EVAL_LIMIT := $(if $(EVAL_LIMIT_$(PROFILE)),--limit $(EVAL_LIMIT_$(PROFILE)),)
 MERGED := models/cot_phaseB/merged
 RESULTS := results/$(MODEL_NAME)

@@ -8,10 +8,8 @@
 """
 import argparse
 import json
-import os
 import re
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -353,26 +351,8 @@ def transformers_serve(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     model_dir = root / "bigram-llama"
     build_bigram_llama(model_dir)
-    port, log = free_port(), (root / "serve.log").open("w")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
-                             "--port", str(port), "--device", "cpu", "--log-level", "info"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://localhost:{port}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"transformers serve did not start:\n{(root / 'serve.log').read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield f"http://localhost:{port}/v1", str(model_dir), root / "serve.log"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with judge.served(model_dir, root / "serve.log", startup_timeout=120) as url:  # the code under test
+        yield url, str(model_dir), root / "serve.log"
 
 
 def test_transformers_serve_position_biased_judge_ties(tmp_path, transformers_serve):

@@ -10,6 +10,7 @@ window --steps, plus how busy the GPU was in that window. The same code path as
 """
 import argparse
 import json
+import pathlib
 import time
 
 T0 = time.perf_counter()
@@ -92,7 +93,6 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", default="10:15", help="optimizer-step window for torch.profiler, FIRST:LAST")
     args = ap.parse_args()
-    import pathlib
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     first, last = (int(x) for x in args.steps.split(":"))

@@ -291,10 +291,8 @@ def add_cli(subparsers):
 
 
 def main(argv=None):
-    p = add_arguments(argparse.ArgumentParser(prog="attention_tools", description=__doc__,
-                                              formatter_class=argparse.RawDescriptionHelpFormatter))
-    from askdraft.cli import run
-    return run(p.parse_args(argv))
+    from askdraft.cli import standalone
+    return standalone(add_arguments, "attention_tools", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,13 @@ def main(argv=None):
     return run(p.parse_args(argv))
 
 
+def standalone(add_arguments, prog, doc, argv=None):
+    """A module's own script entry point (e.g. tools/build_dpo_pairs.py): its parser, then run()."""
+    p = add_arguments(argparse.ArgumentParser(prog=prog, description=doc,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
+    return run(p.parse_args(argv))
+
+
 def run(args):
     """Run a parsed command: bad input prints its message (file and line) and exits 2."""
     try:

@@ -326,7 +326,7 @@ def cmd(args):
     name_2 = args.name_b or args.drafts_b.resolve().parent.name
     if name_1 == name_2:
         name_1, name_2 = f"{name_1}_a", f"{name_2}_b"
-    if bool(args.serve) == bool(args.base_url) and args.serve:
+    if args.serve and args.base_url:
         print("error: give --serve or --base-url, not both", file=sys.stderr)
         return 2
     model = args.model or (str(args.serve) if args.serve else None)

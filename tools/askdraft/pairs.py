@@ -172,10 +172,8 @@ def add_cli(sub):
 
 
 def main(argv=None):
-    p = add_arguments(argparse.ArgumentParser(prog="build_dpo_pairs", description=__doc__,
-                                              formatter_class=argparse.RawDescriptionHelpFormatter))
-    from askdraft.cli import run
-    return run(p.parse_args(argv))
+    from askdraft.cli import standalone
+    return standalone(add_arguments, "build_dpo_pairs", __doc__, argv)
 
 
 if __name__ == "__main__":
