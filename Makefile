@@ -170,7 +170,7 @@ report: | eval attribution judge
 
 # the whole pipeline, stage by stage, each stage's wall time into results/<model>/wall_times.json
 pipeline: | $(SETUP)
-	PROFILE=$(PROFILE) PY=$(PY) MODEL_NAME=$(MODEL_NAME) tools/run_stages.sh
+	PROFILE=$(PROFILE) PY=$(PY) MODEL_NAME=$(MODEL_NAME) $(PY) tools/run_stages.py $(if $(ISOLATE),--isolate,)
 
 # several GPUs of one node (recipes/multi_gpu/README.md): effective batch 4 x (8 / NGPU) x NGPU = 32
 NGPU ?= 2

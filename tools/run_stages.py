@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Run pipeline stages (make targets) in order, in ONE Python process, and record each stage's wall
+time in results/<model>/wall_times.json (read by `askdraft summarize`).
+
+make stays the single source of what a stage runs and whether it is stale: for each stage the
+runner asks `make -q` (up to date? skip, keeping its recorded time), then `make -n` (the command
+lines), and runs each line itself. Lines that start the pipeline's Python (`$(PY) -m MODULE ...`
+or `$(PY) SCRIPT ...`) run in this process, so torch/transformers/axolotl are imported once
+instead of once per command (8-11 s a process on 2 CPU cores, 16-29 s on the lent H100 host);
+other lines (touch, rm, shell conditionals) go to bash. A failing line stops the run with the
+stage's name; re-running resumes at the first stale stage, as make does.
+
+usage: tools/run_stages.py [STAGE ...] [--isolate]
+  env: PROFILE, PY, MODEL_NAME and any other make variable to pass on (as for make)
+  --isolate: run every line in its own process, exactly as `make STAGE` would
+"""
+import argparse
+import gc
+import json
+import os
+import runpy
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval attribution judge report".split()
+MAKE_VARS = ("PROFILE", "PY", "MODEL_NAME", "BASE", "LIMIT", "PAIR_MODE", "JUDGE_URL", "JUDGE_MODEL",
+             "JUDGE_SERVE", "JUDGE_LIMIT", "DRAFT_BATCH", "EVAL_BATCH", "ATTR_LIMIT", "SG_ROUNDS")
+# what the Makefile exports to every recipe line
+EXPORTS = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONUNBUFFERED": "1"}
+SHELL_SYNTAX = set(";&|<>()")
+
+
+def make_args():
+    return [f"{k}={os.environ[k]}" for k in MAKE_VARS if os.environ.get(k)]
+
+
+def is_up_to_date(stage):
+    return subprocess.run(["make", "-q", stage, *make_args()], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def planned_lines(stage):
+    """The command lines `make STAGE` would run now, one string each (continuations joined)."""
+    out = subprocess.run(["make", "-n", "--no-print-directory", stage, *make_args()], cwd=ROOT,
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"run_stages: `make -n {stage}` failed:\n{out.stderr}")
+    return [line for line in out.stdout.replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def python_argv(line, python):
+    """argv after the interpreter if `line` is a plain `python -m MODULE ...` / `python SCRIPT ...`
+    call of the pipeline's interpreter, else None (the line needs a shell)."""
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:
+        return None
+    if len(words) < 2 or words[0] != python:
+        return None
+    if any(set(w) <= SHELL_SYNTAX or "$" in w or "`" in w or "*" in w for w in words):
+        return None
+    if words[1] == "-m" and len(words) > 2:
+        return words[1:]
+    return words[1:] if words[1].endswith(".py") else None
+
+
+def run_in_process(argv):
+    """Run `python ARGV` here; a non-zero exit raises SystemExit with that code."""
+    saved_argv = sys.argv[:]
+    try:
+        if argv[0] == "-m" and argv[1] == "axolotl.cli.main":
+            from axolotl.cli.main import cli  # click: standalone_mode=False raises instead of exiting
+            cli.main(args=argv[2:], prog_name="axolotl", standalone_mode=False)
+        elif argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = argv[:]
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as e:
+        if e.code not in (None, 0):
+            raise
+    finally:
+        sys.argv = saved_argv
+        release_memory()
+
+
+def release_memory():
+    gc.collect()
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        sys.modules["torch"].cuda.empty_cache()
+
+
+def run_line(line, python, isolate):
+    print(f"+ {line}", flush=True)
+    argv = None if isolate else python_argv(line, python)
+    if argv is None:
+        if subprocess.run(["bash", "-eu", "-o", "pipefail", "-c", line], cwd=ROOT).returncode != 0:
+            raise SystemExit(1)
+    else:
+        run_in_process(argv)
+
+
+def record(times_path, stage, seconds):
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    times[stage] = round(seconds, 1)
+    tmp = times_path.with_suffix(".tmp")
+    times_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(times, indent=2) + "\n")
+    tmp.replace(times_path)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("stages", nargs="*", default=STAGES)
+    p.add_argument("--isolate", action="store_true", help="a process per command line, as make does")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)
+    os.environ.update(EXPORTS)
+    python = os.environ.get("PY") or sys.executable  # the make lines start with $(PY) verbatim
+    times_path = ROOT / "results" / os.environ.get("MODEL_NAME", "SmolLM2-135M-Instruct") / "wall_times.json"
+    for stage in args.stages:
+        if is_up_to_date(stage):
+            print(f"== {stage}: up to date", flush=True)
+            continue
+        print(f"== {stage}", flush=True)
+        start = time.time()
+        for line in planned_lines(stage):
+            try:
+                run_line(line, python, args.isolate)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) and e.code else 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+            else:
+                continue
+            print(f"run_stages: stage {stage} failed (exit {code}) at: {line}", file=sys.stderr)
+            return code
+        record(times_path, stage, time.time() - start)
+        print(f"== {stage}: {time.time() - start:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
