@@ -5,26 +5,29 @@
 # the committed H100 run: README, "The GPU run".
 #   tools/gpu_pipeline.sh start [MAKE_VAR=VALUE ...]  copy the checkout once, start or resume the run
 #   tools/gpu_pipeline.sh wait SECONDS               until the run ends (its exit code) or SECONDS pass (3)
-#   tools/gpu_pipeline.sh collect DIR                results/<model>/ and the log into DIR
+#   tools/gpu_pipeline.sh collect DIR                results/<model>/ (as <model>.tgz) and the log into DIR
 set -euo pipefail
 WORK=${WORK:-/tmp/askdraft-run}
 MODEL_NAME=${MODEL_NAME:-SmolLM2-135M-Instruct}
 cmd=${1:?usage: gpu_pipeline.sh start|wait|collect ...}; shift
-running() { [ -f "$WORK/pid" ] && kill -0 "$(cat "$WORK/pid")" 2>/dev/null; }
+# alive = a heartbeat younger than 30 s and no exit code yet. Not `kill -0 PID`: the lent host runs
+# each command in a new PID namespace, so a run started by an earlier command is invisible to it
+# (seen on the H100: a second run was started beside the first one).
+running() { [ -f "$WORK/heartbeat" ] && [ ! -f "$WORK/rc" ] && [ $(( $(date +%s) - $(stat -c %Y "$WORK/heartbeat") )) -lt 30 ]; }
 
 case $cmd in
 start)
-  if running; then echo "already running (pid $(cat "$WORK/pid"))"; exit 0; fi
+  if running; then echo "already running in $WORK"; exit 0; fi
   if [ ! -d "$WORK" ]; then  # first start: a fresh results folder, never the checkout's committed one
     mkdir -p "$WORK.tmp"
     tar --exclude='./.gpu*' --exclude=./models --exclude=./.cache --exclude=./runs -cf - . | tar -xf - -C "$WORK.tmp"
     rm -rf "$WORK.tmp/results/$MODEL_NAME"
     mv "$WORK.tmp" "$WORK"
   fi
-  rm -f "$WORK/rc"
+  rm -f "$WORK/rc" && touch "$WORK/heartbeat"
   export PYTHONPATH="$WORK/tools:$WORK/plugins${PYTHONPATH:+:$PYTHONPATH}"
-  (cd "$WORK" && setsid nohup bash -c 'make pipeline MODEL_NAME="$0" "$@"; echo $? > rc' "$MODEL_NAME" "$@" \
-     >> pipeline.log 2>&1 < /dev/null & echo $! > "$WORK/pid")
+  (cd "$WORK" && setsid nohup bash -c '(while sleep 5; do touch heartbeat; done) & beat=$!
+     make pipeline MODEL_NAME="$0" "$@"; echo $? > rc; kill $beat' "$MODEL_NAME" "$@" >> pipeline.log 2>&1 < /dev/null &)
   echo "started in $WORK (log: $WORK/pipeline.log)";;
 wait)
   deadline=$((SECONDS + ${1:?seconds}))
@@ -32,8 +35,8 @@ wait)
   grep -a '^== \|run_stages:' "$WORK/pipeline.log" || true
   if running; then echo "still running"; exit 3; fi
   tail -c 3000 "$WORK/pipeline.log"; exit "$(cat "$WORK/rc" 2>/dev/null || echo 1)";;
-collect)
+collect)  # one archive: the lent host's fetch leaves out folders nested deeper than $OUT/DIR/
   mkdir -p "${1:?dir}"
-  cp -r "$WORK/results/$MODEL_NAME" "$WORK/pipeline.log" "$1"/;;
+  tar -czf "$1/$MODEL_NAME.tgz" -C "$WORK/results" "$MODEL_NAME" && cp "$WORK/pipeline.log" "$1"/;;
 *) echo "unknown command $cmd" >&2; exit 2;;
 esac
