@@ -10,7 +10,7 @@ instead of once per command (8-11 s a process on 2 CPU cores, 16-29 s on the len
 other lines (touch, rm, shell conditionals) go to bash. A failing line stops the run with the
 stage's name; re-running resumes at the first stale stage, as make does.
 
-usage: tools/run_stages.py [STAGE ...] [--isolate]
+usage: tools/run_stages.py [STAGE ...] [--isolate] [--makefile PATH]
   env: PROFILE, PY, MODEL_NAME and any other make variable to pass on (as for make)
   --isolate: run every line in its own process, exactly as `make STAGE` would
 """
@@ -26,7 +26,7 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"  # --makefile; its folder is the cwd
 STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval attribution judge report".split()
 MAKE_VARS = ("PROFILE", "PY", "MODEL_NAME", "BASE", "LIMIT", "PAIR_MODE", "JUDGE_URL", "JUDGE_MODEL",
              "JUDGE_SERVE", "JUDGE_LIMIT", "DRAFT_BATCH", "EVAL_BATCH", "ATTR_LIMIT", "SG_ROUNDS")
@@ -41,12 +41,13 @@ def make_args():
 
 
 def is_up_to_date(stage):
-    return subprocess.run(["make", "-q", stage, *make_args()], cwd=ROOT, capture_output=True).returncode == 0
+    return subprocess.run(["make", "-f", MAKEFILE, "-q", stage, *make_args()], cwd=MAKEFILE.parent, capture_output=True).returncode == 0
 
 
 def planned_lines(stage):
     """The command lines `make STAGE` would run now, one string each (continuations joined)."""
-    out = subprocess.run(["make", "-n", "--no-print-directory", stage, *make_args()], cwd=ROOT,
+    out = subprocess.run(["make", "-f", MAKEFILE, "-n", "--no-print-directory", stage, *make_args()],
+                         cwd=MAKEFILE.parent,
                          capture_output=True, text=True)
     if out.returncode != 0:
         sys.exit(f"run_stages: `make -n {stage}` failed:\n{out.stderr}")
@@ -100,8 +101,9 @@ def run_line(line, python, isolate):
     print(f"+ {line}", flush=True)
     argv = None if isolate else python_argv(line, python)
     if argv is None:
-        if subprocess.run(["bash", "-eu", "-o", "pipefail", "-c", line], cwd=ROOT).returncode != 0:
-            raise SystemExit(1)
+        code = subprocess.run(["bash", "-eu", "-o", "pipefail", "-c", line], cwd=MAKEFILE.parent).returncode
+        if code:
+            raise SystemExit(code)
     else:
         run_in_process(argv)
 
@@ -116,14 +118,17 @@ def record(times_path, stage, seconds):
 
 
 def main(argv=None):
+    global MAKEFILE
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("stages", nargs="*", default=STAGES)
     p.add_argument("--isolate", action="store_true", help="a process per command line, as make does")
+    p.add_argument("--makefile", type=Path, default=MAKEFILE, help="default: the repo's; its folder is the cwd")
     args = p.parse_args(argv)
-    os.chdir(ROOT)
+    MAKEFILE = args.makefile.resolve()
+    os.chdir(MAKEFILE.parent)
     os.environ.update(EXPORTS)
     python = os.environ.get("PY") or sys.executable  # the make lines start with $(PY) verbatim
-    times_path = ROOT / "results" / os.environ.get("MODEL_NAME", "SmolLM2-135M-Instruct") / "wall_times.json"
+    times_path = MAKEFILE.parent / "results" / os.environ.get("MODEL_NAME", "SmolLM2-135M-Instruct") / "wall_times.json"
     for stage in args.stages:
         if is_up_to_date(stage):
             print(f"== {stage}: up to date", flush=True)

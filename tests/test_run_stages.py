@@ -1,0 +1,83 @@
+"""tools/run_stages.py: make decides what is stale; the pipeline's Python lines run in the runner's
+own process (proved by the pid they record), other lines in bash; wall times recorded; a failing
+line stops the run with the stage's name and a non-zero exit; a re-run skips finished stages."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+import run_stages  # noqa: E402
+
+MAKEFILE = """\
+PY ?= python3
+one: out/one.txt
+out/one.txt:
+\tmkdir -p out
+\t$(PY) record_pid.py out/one.txt  # a comment
+two: out/two.txt
+out/two.txt: out/one.txt
+\t$(PY) -m json.tool out/one.json out/two.json || true
+\tif [ -f out/one.txt ]; then cp out/one.txt $@; fi
+broken:
+\t$(PY) record_pid.py out/broken.txt --fail
+"""
+RECORD_PID = """\
+import os, sys
+open(sys.argv[1], "w").write(str(os.getpid()))
+if "--fail" in sys.argv:
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("line, argv", [
+    ("PY -m askdraft.cli pairs --mode draft -o data/pairs.jsonl", ["-m", "askdraft.cli", "pairs", "--mode", "draft",
+                                                                  "-o", "data/pairs.jsonl"]),
+    ("PY tools/attention_tools.py --base 'a b'  # why", ["tools/attention_tools.py", "--base", "a b"]),
+    ("PY -m askdraft.cli judge --out x || true", None),
+    ("PY tools/x.py > log", None),
+    ("python3 tools/x.py", None),  # another interpreter
+    ("touch models/merged/config.json", None),
+    ("if [ -z \"$X\" ]; then echo skip; fi", None),
+    ("PY -c 'print(1)'", None),
+])
+def test_python_argv(line, argv):
+    assert run_stages.python_argv(line, "PY") == argv
+
+
+def run(tmp_path, *args):
+    env = {**os.environ, "PY": sys.executable, "MODEL_NAME": "m"}
+    return subprocess.Popen([sys.executable, str(REPO / "tools" / "run_stages.py"), "--makefile",
+                             str(tmp_path / "Makefile"), *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_stages_in_process_skip_and_fail(tmp_path):
+    (tmp_path / "Makefile").write_text(MAKEFILE)
+    (tmp_path / "record_pid.py").write_text(RECORD_PID)
+    proc = run(tmp_path, "one", "two")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert (tmp_path / "out/one.txt").read_text() == str(proc.pid)  # in the runner's process
+    assert (tmp_path / "out/two.txt").read_text() == str(proc.pid)  # copied by the bash line
+    times = json.loads((tmp_path / "results/m/wall_times.json").read_text())
+    assert set(times) == {"one", "two"} and all(t >= 0 for t in times.values())
+
+    again = run(tmp_path, "one", "two")
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0 and out.count("up to date") == 2, out
+
+    isolated = run(tmp_path, "broken", "--isolate")
+    out, _ = isolated.communicate(timeout=120)
+    assert isolated.returncode == 3, out
+    assert "stage broken failed" in out
+    assert (tmp_path / "out/broken.txt").read_text() != str(isolated.pid)  # its own process
+
+    failing = run(tmp_path, "broken", "one")
+    out, _ = failing.communicate(timeout=120)
+    assert failing.returncode == 3, out
+    assert "run_stages: stage broken failed (exit 3)" in out and "== one" not in out
