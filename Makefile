@@ -2,7 +2,8 @@
 #   make setup      venv + pinned stack (CPU torch here, the CUDA build where a GPU is present)
 #   make test       set up, then the whole test suite (what CI runs)
 #   make pipeline   data -> base -> A -> B -> drafts -> pairs -> C -> eval -> report
-# Variables: BASE (model dir), PROFILE (cpu | gpu | smoke; default by hardware), LIMIT (rows).
+# Variables: BASE (model dir), PROFILE (cpu | smoke | gpu | gpu-fast; default by hardware), LIMIT (rows),
+#   ISOLATE=1 (pipeline: a process per command instead of one process for all stages).
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV ?= .venv

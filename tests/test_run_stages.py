@@ -25,6 +25,10 @@ out/two.txt: out/one.txt
 \tif [ -f out/one.txt ]; then cp out/one.txt $@; fi
 broken:
 \t$(PY) record_pid.py out/broken.txt --fail
+recipe:
+\t$(PY) -m askdraft.cli recipe $(RECIPES)/phase_a.yaml --set base_model=models/x -o out/phase_a.yaml
+bad-recipe:
+\t$(PY) -m askdraft.cli recipe $(RECIPES)/no_such_phase.yaml -o out/bad.yaml
 """
 RECORD_PID = """\
 import os, sys
@@ -50,7 +54,7 @@ def test_python_argv(line, argv):
 
 
 def run(tmp_path, *args):
-    env = {**os.environ, "PY": sys.executable, "MODEL_NAME": "m"}
+    env = {**os.environ, "PY": sys.executable, "MODEL_NAME": "m", "RECIPES": str(REPO / "recipes")}
     return subprocess.Popen([sys.executable, str(REPO / "tools" / "run_stages.py"), "--makefile",
                              str(tmp_path / "Makefile"), *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -76,6 +80,12 @@ def test_stages_in_process_skip_and_fail(tmp_path):
     assert isolated.returncode == 3, out
     assert "stage broken failed" in out
     assert (tmp_path / "out/broken.txt").read_text() != str(isolated.pid)  # its own process
+
+    cli = run(tmp_path, "recipe", "bad-recipe")  # askdraft's own CLI, in process: its exit codes
+    out, _ = cli.communicate(timeout=120)
+    assert "base_model: models/x" in (tmp_path / "out/phase_a.yaml").read_text()
+    assert cli.returncode == 2 and "no_such_phase.yaml" in out and "stage bad-recipe failed (exit 2)" in out, out
+    assert not (tmp_path / "out/bad.yaml").exists()
 
     failing = run(tmp_path, "broken", "one")
     out, _ = failing.communicate(timeout=120)

@@ -26,12 +26,13 @@ start)
   fi
   rm -f "$WORK/rc" && touch "$WORK/heartbeat"
   export PYTHONPATH="$WORK/tools:$WORK/plugins${PYTHONPATH:+:$PYTHONPATH}"
-  (cd "$WORK" && setsid nohup bash -c '(while sleep 5; do touch heartbeat; done) & beat=$!
-     make pipeline MODEL_NAME="$0" "$@"; echo $? > rc; kill $beat' "$MODEL_NAME" "$@" >> pipeline.log 2>&1 < /dev/null &)
+  cd "$WORK"
+  setsid nohup bash -c '(while sleep 5; do touch heartbeat; done) & beat=$!
+    make pipeline MODEL_NAME="$0" "$@"; echo $? > rc; kill $beat' "$MODEL_NAME" "$@" >> pipeline.log 2>&1 < /dev/null &
   echo "started in $WORK (log: $WORK/pipeline.log)";;
 wait)
   deadline=$((SECONDS + ${1:?seconds}))
-  while running && [ $SECONDS -lt $deadline ]; do sleep 5; done
+  while running && [ $SECONDS -lt $deadline ]; do sleep 1; done
   grep -a '^== \|run_stages:' "$WORK/pipeline.log" || true
   if running; then echo "still running"; exit 3; fi
   tail -c 3000 "$WORK/pipeline.log"; exit "$(cat "$WORK/rc" 2>/dev/null || echo 1)";;

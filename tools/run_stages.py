@@ -77,6 +77,9 @@ def run_in_process(argv):
         if argv[0] == "-m" and argv[1] == "axolotl.cli.main":
             from axolotl.cli.main import cli  # click: standalone_mode=False raises instead of exiting
             cli.main(args=argv[2:], prog_name="axolotl", standalone_mode=False)
+        elif argv[0] == "-m" and argv[1] == "askdraft.cli":  # runpy would warn: already imported
+            from askdraft.cli import main
+            sys.exit(main(argv[2:]))
         elif argv[0] == "-m":
             sys.argv = [argv[1], *argv[2:]]
             runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
@@ -95,6 +98,14 @@ def release_memory():
     gc.collect()
     if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
         sys.modules["torch"].cuda.empty_cache()
+
+
+def gpu_memory_left():
+    """' (N GiB of GPU memory still allocated)' after a stage, to spot what one process keeps."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return ""
+    return f" ({torch.cuda.memory_allocated() / 2**30:.2f} GiB of GPU memory still allocated)"
 
 
 def run_line(line, python, isolate):
@@ -148,7 +159,7 @@ def main(argv=None):
             print(f"run_stages: stage {stage} failed (exit {code}) at: {line}", file=sys.stderr)
             return code
         record(times_path, stage, time.time() - start)
-        print(f"== {stage}: {time.time() - start:.1f} s", flush=True)
+        print(f"== {stage}: {time.time() - start:.1f} s{gpu_memory_left()}", flush=True)
     return 0
 
 
