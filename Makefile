@@ -28,7 +28,16 @@ PROFILE ?= $(if $(filter 1,$(HAS_GPU)),gpu,cpu)
 BASE_NAME ?= SmolLM2-135M-Instruct
 BASE ?= models/base/$(BASE_NAME)
 # smoke results go to results/<model>-smoke/, never over a full run's committed results
-MODEL_NAME ?= $(notdir $(BASE))$(if $(filter smoke,$(PROFILE)),-smoke,)
+# C_VARIANT=NAME trains a phase C beside the default one: its pairs, adapter, drafts and results
+# carry -NAME (PAIR_MODE=answer C_VARIANT=answer, or C_PROFILES=published-losses C_VARIANT=published);
+# C_PROFILES adds recipe profiles to phase C only
+C_VARIANT ?=
+C_PROFILES ?=
+CV := $(if $(C_VARIANT),-$(C_VARIANT),)
+PAIRS := data/pairs$(CV).jsonl
+DPO := models/dpo_phaseC$(CV)
+DPO_NAME := dpo_phaseC$(CV)
+MODEL_NAME ?= $(notdir $(BASE))$(CV)$(if $(filter smoke,$(PROFILE)),-smoke,)
 RUNS := runs/$(PROFILE)
 # profile -> recipe profiles (recipes/profiles/*.yaml) and data size
 PROFILES_cpu := cpu
@@ -66,7 +75,7 @@ RESULTS := results/$(MODEL_NAME)
 JUDGE_URL ?=
 JUDGE_MODEL ?=
 JUDGE_SERVE ?=
-RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) -o $(RUNS)/$(1).yaml
+RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) $(3) -o $(RUNS)/$(1)$(4).yaml
 
 .PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg eval attribution judge report pipeline phase-b-multi phase-c-multi clean-runs help
 help:
@@ -119,20 +128,20 @@ drafts: data/drafts/cot_phaseB/REPORT.json
 data/drafts/cot_phaseB/REPORT.json: $(MERGED)/config.json
 	$(ASKDRAFT) drafts --base $(MERGED) --name cot_phaseB --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
 
-pairs: data/pairs.jsonl
-data/pairs.jsonl: data/drafts/cot_phaseB/REPORT.json
+pairs: $(PAIRS)
+$(PAIRS): data/drafts/cot_phaseB/REPORT.json
 	$(ASKDRAFT) pairs --mode $(PAIR_MODE) --drafts data/drafts/cot_phaseB/train.jsonl \
 	  --gold data/strategyqa_train_cot.jsonl --tokenizer $(MERGED) --allow-empty -o $@
 
-phase-c: models/dpo_phaseC/adapter_model.safetensors
-models/dpo_phaseC/adapter_model.safetensors: data/pairs.jsonl $(MERGED)/config.json
-	$(call RECIPE,phase_c,$(MERGED))
-	$(TRAIN) $(RUNS)/phase_c.yaml
-	rm -f models/dpo_phaseC/model.safetensors  # axolotl also saves the whole model beside the adapter
+phase-c: $(DPO)/adapter_model.safetensors
+$(DPO)/adapter_model.safetensors: $(PAIRS) $(MERGED)/config.json
+	$(call RECIPE,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(C_PROFILES),--profile $(p)),$(CV))
+	$(TRAIN) $(RUNS)/phase_c$(CV).yaml
+	rm -f $(DPO)/model.safetensors  # axolotl also saves the whole model beside the adapter
 
-drafts-c: data/drafts/dpo_phaseC/REPORT.json
-data/drafts/dpo_phaseC/REPORT.json: models/dpo_phaseC/adapter_model.safetensors
-	$(ASKDRAFT) drafts --base $(MERGED) --adapter models/dpo_phaseC --name dpo_phaseC --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+drafts-c: data/drafts/$(DPO_NAME)/REPORT.json
+data/drafts/$(DPO_NAME)/REPORT.json: $(DPO)/adapter_model.safetensors
+	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME) --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
 
 sg: models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json
 models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json: models/dpo_phaseC/adapter_model.safetensors
@@ -142,27 +151,27 @@ models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json: models/dpo_phaseC/adapter_mo
 ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft
 EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --batch-size $(EVAL_BATCH) $(EVAL_LIMIT)
 eval: $(RESULTS)/evals/.done
-$(RESULTS)/evals/.done: data/drafts/dpo_phaseC/REPORT.json
+$(RESULTS)/evals/.done: data/drafts/$(DPO_NAME)/REPORT.json
 	$(EVAL) --stage base --base $(BASE) --tasks strategyqa
 	$(EVAL) --stage A --base $(BASE) --adapter models/baseline_phaseA --tasks strategyqa
 	$(EVAL) --stage B --base $(BASE) --adapter models/cot_phaseB --drafts data/drafts/cot_phaseB/dev.jsonl \
 	  --tasks strategyqa,$(COT_TASK)$(ABLATION_TASKS)
-	$(EVAL) --stage C --base $(MERGED) --adapter models/dpo_phaseC --drafts data/drafts/dpo_phaseC/dev.jsonl \
+	$(EVAL) --stage C --base $(MERGED) --adapter $(DPO) --drafts data/drafts/$(DPO_NAME)/dev.jsonl \
 	  --tasks strategyqa,$(ABLATION_TASKS)
 	touch $@
 
 attribution: $(RESULTS)/attribution/after_dpo.json
-$(RESULTS)/attribution/after_dpo.json: data/drafts/dpo_phaseC/REPORT.json
+$(RESULTS)/attribution/after_dpo.json: data/drafts/$(DPO_NAME)/REPORT.json
 	$(PY) tools/attention_tools.py --base $(MERGED) --drafts data/drafts/cot_phaseB/dev.jsonl \
 	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution/before_dpo.json --heatmaps $(RESULTS)/attribution/heatmaps_before
-	$(PY) tools/attention_tools.py --base $(MERGED) --adapter models/dpo_phaseC --drafts data/drafts/dpo_phaseC/dev.jsonl \
+	$(PY) tools/attention_tools.py --base $(MERGED) --adapter $(DPO) --drafts data/drafts/$(DPO_NAME)/dev.jsonl \
 	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/attribution/heatmaps_after
 
 judge: $(RESULTS)/judge.json
-$(RESULTS)/judge.json: data/drafts/dpo_phaseC/REPORT.json
+$(RESULTS)/judge.json: data/drafts/$(DPO_NAME)/REPORT.json
 	@if [ -z "$(JUDGE_URL)$(JUDGE_SERVE)" ]; then echo "judge: set JUDGE_URL + JUDGE_MODEL or JUDGE_SERVE (skipped)"; else \
-	$(ASKDRAFT) judge --drafts-a data/drafts/dpo_phaseC/dev.jsonl --drafts-b data/drafts/cot_phaseB/dev.jsonl \
-	  --name-a dpo_phaseC --name-b cot_phaseB $(if $(JUDGE_URL),--base-url $(JUDGE_URL),--serve $(JUDGE_SERVE)) \
+	$(ASKDRAFT) judge --drafts-a data/drafts/$(DPO_NAME)/dev.jsonl --drafts-b data/drafts/cot_phaseB/dev.jsonl \
+	  --name-a $(DPO_NAME) --name-b cot_phaseB $(if $(JUDGE_URL),--base-url $(JUDGE_URL),--serve $(JUDGE_SERVE)) \
 	  $(if $(JUDGE_MODEL),--model $(JUDGE_MODEL),) --limit $(JUDGE_LIMIT) --out $@ || true; fi
 
 report: | eval attribution judge

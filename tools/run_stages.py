@@ -28,7 +28,7 @@ from pathlib import Path
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"  # --makefile; its folder is the cwd
 STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval attribution judge report".split()
-MAKE_VARS = ("PROFILE", "PY", "MODEL_NAME", "BASE", "LIMIT", "PAIR_MODE", "JUDGE_URL", "JUDGE_MODEL",
+MAKE_VARS = ("PROFILE", "PY", "MODEL_NAME", "BASE", "LIMIT", "PAIR_MODE", "C_VARIANT", "C_PROFILES", "JUDGE_URL", "JUDGE_MODEL",
              "JUDGE_SERVE", "JUDGE_LIMIT", "DRAFT_BATCH", "EVAL_BATCH", "ATTR_LIMIT", "SG_ROUNDS")
 # what the Makefile exports to every recipe line
 EXPORTS = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",

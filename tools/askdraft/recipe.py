@@ -34,8 +34,26 @@ def compose(recipe, profiles=(), overrides=()):
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError("<command line>", None, f"override {item!r} is not key=value")
-        cfg[key] = yaml.safe_load(value)
+        set_key(cfg, key, yaml.safe_load(value))
     return cfg
+
+
+def set_key(cfg, dotted, value):
+    """cfg[a][b]... = value for a dotted key; list items by index: `datasets.0.path=data/x.jsonl`."""
+    *parents, last = dotted.split(".")
+    node = cfg
+    for i, part in enumerate([*parents, last]):
+        where = ".".join(parents[:i]) or "the recipe"
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise InputError("<command line>", None, f"--set {dotted}: {where} has no item {part!r}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise InputError("<command line>", None, f"--set {dotted}: {where} is not a mapping or list")
+        if i == len(parents):
+            node[part] = value
+        else:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
 
 
 def write(cfg, out, source):
@@ -53,6 +71,7 @@ def add_cli(sub):
     p = sub.add_parser("recipe", help="apply profiles (recipes/profiles/*.yaml) and key=value overrides to a recipe")
     p.add_argument("recipe")
     p.add_argument("--profile", action="append", default=[], help="profile name or YAML file; repeatable")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="repeatable")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="repeatable; dotted keys reach into mappings and lists (datasets.0.path=...)")
     p.add_argument("-o", "--out", required=True)
     p.set_defaults(func=cmd)

@@ -1,0 +1,57 @@
+"""The Makefile's phase C variants, as make itself expands them (`make -n`), and the recipe they
+compose: a variant never touches the default phase C's files, and `askdraft recipe --set`
+reaches into the datasets list."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tools"))
+sys.path.insert(0, str(REPO / "plugins"))
+from askdraft.io import InputError  # noqa: E402
+from askdraft.recipe import compose  # noqa: E402
+from askdraft_dpo.args import AskDraftDPOArgs  # noqa: E402
+
+
+def planned(*make_vars):
+    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", "report", "PY=python3", "PROFILE=cpu", *make_vars],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return out
+
+
+def test_default_phase_c_paths():
+    out = planned()
+    assert "-o data/pairs.jsonl" in out and "--set output_dir=models/dpo_phaseC " in out
+    assert "--name dpo_phaseC " in out and "summarize --model-name SmolLM2-135M-Instruct\n" in out
+    assert "published-losses" not in out
+
+
+def test_variant_keeps_its_own_files():
+    out = planned("C_VARIANT=published", "C_PROFILES=published-losses", "PAIR_MODE=answer")
+    assert "pairs --mode answer" in out and "-o data/pairs-published.jsonl" in out
+    assert ("--set datasets.0.path=data/pairs-published.jsonl --set output_dir=models/dpo_phaseC-published "
+            "--profile published-losses -o runs/cpu/phase_c-published.yaml") in out
+    assert "--adapter models/dpo_phaseC-published --drafts data/drafts/dpo_phaseC-published/dev.jsonl" in out
+    assert "summarize --model-name SmolLM2-135M-Instruct-published" in out
+    assert "data/pairs.jsonl" not in out and "models/dpo_phaseC " not in out
+
+
+def test_published_losses_profile_composes_and_validates():
+    cfg = compose(REPO / "recipes/phase_c.yaml", ["cpu", "published-losses"],
+                  ["datasets.0.path=data/pairs-published.jsonl", "output_dir=models/dpo_phaseC-published"])
+    assert cfg["datasets"][0]["path"] == "data/pairs-published.jsonl"
+    assert cfg["datasets"][0]["type"]["field_chosen"] == "chosen"  # the rest of the entry is kept
+    args = AskDraftDPOArgs(**{k: v for k, v in cfg.items() if k.startswith("askdraft_")})
+    assert [(e.cal, e.robust) for e in args.askdraft_schedule] == [("none", "none"), ("published", "none"),
+                                                                    ("none", "published")]
+
+
+@pytest.mark.parametrize("override, msg", [
+    ("datasets.3.path=x", "datasets has no item '3'"),
+    ("output_dir.sub=x", "output_dir is not a mapping or list"),
+])
+def test_bad_dotted_override(override, msg):
+    with pytest.raises(InputError, match=msg):
+        compose(REPO / "recipes/phase_c.yaml", [], [override])
