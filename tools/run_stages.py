@@ -28,8 +28,9 @@ from pathlib import Path
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"  # --makefile; its folder is the cwd
 STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval attribution judge report".split()
-MAKE_VARS = ("PROFILE", "PY", "MODEL_NAME", "BASE", "LIMIT", "PAIR_MODE", "C_VARIANT", "C_PROFILES", "JUDGE_URL", "JUDGE_MODEL",
-             "JUDGE_SERVE", "JUDGE_LIMIT", "DRAFT_BATCH", "EVAL_BATCH", "ATTR_LIMIT", "SG_ROUNDS")
+MAKE_VARS = ("PROFILE", "PY", "MODEL_NAME", "BASE", "LIMIT", "PAIR_MODE", "C_VARIANT", "C_PROFILES",
+             "JUDGE_URL", "JUDGE_MODEL", "JUDGE_SERVE", "JUDGE_LIMIT", "DRAFT_BATCH", "EVAL_BATCH", "ATTR_LIMIT",
+             "SG_ROUNDS")
 # what the Makefile exports to every recipe line
 EXPORTS = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
@@ -40,15 +41,18 @@ def make_args():
     return [f"{k}={os.environ[k]}" for k in MAKE_VARS if os.environ.get(k)]
 
 
+def make(*args):
+    return subprocess.run(["make", "-f", MAKEFILE, "--no-print-directory", *args, *make_args()],
+                          cwd=MAKEFILE.parent, capture_output=True, text=True)
+
+
 def is_up_to_date(stage):
-    return subprocess.run(["make", "-f", MAKEFILE, "-q", stage, *make_args()], cwd=MAKEFILE.parent, capture_output=True).returncode == 0
+    return make("-q", stage).returncode == 0
 
 
 def planned_lines(stage):
     """The command lines `make STAGE` would run now, one string each (continuations joined)."""
-    out = subprocess.run(["make", "-f", MAKEFILE, "-n", "--no-print-directory", stage, *make_args()],
-                         cwd=MAKEFILE.parent,
-                         capture_output=True, text=True)
+    out = make("-n", stage)
     if out.returncode != 0:
         sys.exit(f"run_stages: `make -n {stage}` failed:\n{out.stderr}")
     return [line for line in out.stdout.replace("\\\n", " ").splitlines() if line.strip()]
