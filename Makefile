@@ -27,7 +27,6 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 PROFILE ?= $(if $(filter 1,$(HAS_GPU)),gpu,cpu)
 BASE_NAME ?= SmolLM2-135M-Instruct
 BASE ?= models/base/$(BASE_NAME)
-# smoke results go to results/<model>-smoke/, never over a full run's committed results
 # C_VARIANT=NAME trains a phase C beside the default one: its pairs, adapter, drafts and results
 # carry -NAME (PAIR_MODE=answer C_VARIANT=answer, or C_PROFILES=published-losses C_VARIANT=published);
 # C_PROFILES adds recipe profiles to phase C only
@@ -35,8 +34,9 @@ C_VARIANT ?=
 C_PROFILES ?=
 CV := $(if $(C_VARIANT),-$(C_VARIANT),)
 PAIRS := data/pairs$(CV).jsonl
-DPO := models/dpo_phaseC$(CV)
 DPO_NAME := dpo_phaseC$(CV)
+DPO := models/$(DPO_NAME)
+# smoke results go to results/<model>-smoke/, never over a full run's committed results
 MODEL_NAME ?= $(notdir $(BASE))$(CV)$(if $(filter smoke,$(PROFILE)),-smoke,)
 RUNS := runs/$(PROFILE)
 # profile -> recipe profiles (recipes/profiles/*.yaml) and data size

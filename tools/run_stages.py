@@ -28,21 +28,16 @@ from pathlib import Path
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"  # --makefile; its folder is the cwd
 STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval attribution judge report".split()
-MAKE_VARS = ("PROFILE", "PY", "MODEL_NAME", "BASE", "LIMIT", "PAIR_MODE", "C_VARIANT", "C_PROFILES",
-             "JUDGE_URL", "JUDGE_MODEL", "JUDGE_SERVE", "JUDGE_LIMIT", "DRAFT_BATCH", "EVAL_BATCH", "ATTR_LIMIT",
-             "SG_ROUNDS")
 # what the Makefile exports to every recipe line
 EXPORTS = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
 SHELL_SYNTAX = set(";&|<>()")
 
 
-def make_args():
-    return [f"{k}={os.environ[k]}" for k in MAKE_VARS if os.environ.get(k)]
-
-
 def make(*args):
-    return subprocess.run(["make", "-f", MAKEFILE, "--no-print-directory", *args, *make_args()],
+    # make variables reach make as they reach this runner: the environment (every variable a
+    # stage reads is a `?=` default) and MAKEFLAGS from a calling `make pipeline VAR=...`
+    return subprocess.run(["make", "-f", MAKEFILE, "--no-print-directory", *args],
                           cwd=MAKEFILE.parent, capture_output=True, text=True)
 
 

@@ -40,17 +40,17 @@ def compose(recipe, profiles=(), overrides=()):
 
 def set_key(cfg, dotted, value):
     """cfg[a][b]... = value for a dotted key; list items by index: `datasets.0.path=data/x.jsonl`."""
-    *parents, last = dotted.split(".")
+    parts = dotted.split(".")
     node = cfg
-    for i, part in enumerate([*parents, last]):
-        where = ".".join(parents[:i]) or "the recipe"
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "the recipe"
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise InputError("<command line>", None, f"--set {dotted}: {where} has no item {part!r}")
             part = int(part)
         elif not isinstance(node, dict):
             raise InputError("<command line>", None, f"--set {dotted}: {where} is not a mapping or list")
-        if i == len(parents):
+        if i == len(parts) - 1:
             node[part] = value
         else:
             node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
