@@ -6,8 +6,8 @@ make stays the single source of what a stage runs and whether it is stale: for e
 runner asks `make -q` (up to date? skip, keeping its recorded time), then `make -n` (the command
 lines), and runs each line itself. Lines that start the pipeline's Python (`$(PY) -m MODULE ...`
 or `$(PY) SCRIPT ...`) run in this process, so torch/transformers/axolotl are imported once
-instead of once per command (8-11 s a process on 2 CPU cores, 16-29 s on the lent H100 host);
-other lines (touch, rm, shell conditionals) go to bash. A failing line stops the run with the
+instead of once per command (`import axolotl.train`: 11.5 s on 2 CPU cores, 16-29 s on the lent
+H100 host); other lines (touch, rm, shell conditionals) go to bash. A failing line stops the run with the
 stage's name; re-running resumes at the first stale stage, as make does.
 
 usage: tools/run_stages.py [STAGE ...] [--isolate] [--makefile PATH]
