@@ -2,42 +2,63 @@
 # `make pipeline` on a lent GPU host whose commands are cut at 10 minutes and whose checkout is
 # re-synced before each command: the run goes on in the background, in a copy of the checkout
 # under $WORK (default /tmp/askdraft-run), and each command waits on it. How it was used for
-# the committed H100 run: README, "The GPU run".
+# the committed H100/H200 runs: README, "GPU run".
 #   tools/gpu_pipeline.sh start [MAKE_VAR=VALUE ...]  copy the checkout once, start or resume the run
 #   tools/gpu_pipeline.sh wait SECONDS               until the run ends (its exit code) or SECONDS pass (3)
 #   tools/gpu_pipeline.sh collect DIR                results/<model>/ (as <model>.tgz) and the log into DIR
+#   tools/gpu_pipeline.sh gguf PARTS_DIR             append a part of the embedded GGUF (tools/gpu_bundle.sh
+#                                                    splits it) to $ASKDRAFT_CACHE; the last part checks its sha256
+# RUN=NAME (default pipeline) names a run: its log, exit code and heartbeat are $WORK/NAME.*, so phase C
+# variants (C_VARIANT=...) can run beside the default pipeline in the same copy once its drafts exist.
+# The results folder is MODEL_NAME (default BASE_NAME=SmolLM2-135M-Instruct, plus -VARIANT for C_VARIANT=VARIANT).
 set -euo pipefail
 WORK=${WORK:-/tmp/askdraft-run}
-MODEL_NAME=${MODEL_NAME:-SmolLM2-135M-Instruct}
-cmd=${1:?usage: gpu_pipeline.sh start|wait|collect ...}; shift
+RUN=${RUN:-pipeline}
+export ASKDRAFT_CACHE=${ASKDRAFT_CACHE:-/tmp/askdraft-cache}
+GGUF=$ASKDRAFT_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf
+cmd=${1:?usage: gpu_pipeline.sh start|wait|collect|gguf ...}; shift
+variant=
+for a in "$@"; do case $a in C_VARIANT=?*) variant=-${a#C_VARIANT=};; esac; done
+BASE_NAME=${BASE_NAME:-SmolLM2-135M-Instruct}
+MODEL_NAME=${MODEL_NAME:-$BASE_NAME$variant}
+LOG=$WORK/$RUN.log RC=$WORK/$RUN.rc BEAT=$WORK/$RUN.heartbeat
 # alive = a heartbeat younger than 30 s and no exit code yet. Not `kill -0 PID`: the lent host runs
 # each command in a new PID namespace, so a run started by an earlier command is invisible to it
 # (seen on the H100: a second run was started beside the first one).
-running() { [ -f "$WORK/heartbeat" ] && [ ! -f "$WORK/rc" ] && [ $(( $(date +%s) - $(stat -c %Y "$WORK/heartbeat") )) -lt 30 ]; }
+running() { [ -f "$BEAT" ] && [ ! -f "$RC" ] && [ $(( $(date +%s) - $(stat -c %Y "$BEAT") )) -lt 30 ]; }
 
 case $cmd in
 start)
-  if running; then echo "already running in $WORK"; exit 0; fi
-  if [ ! -d "$WORK" ]; then  # first start: a fresh results folder, never the checkout's committed one
+  if running; then echo "$RUN already running in $WORK"; exit 0; fi
+  if [ ! -d "$WORK" ]; then  # first start: fresh results folders, never the checkout's committed ones
     mkdir -p "$WORK.tmp"
     tar --exclude='./.gpu*' --exclude=./models --exclude=./.cache --exclude=./runs -cf - . | tar -xf - -C "$WORK.tmp"
-    rm -rf "$WORK.tmp/results/$MODEL_NAME"
+    rm -rf "$WORK.tmp/results/$BASE_NAME"*
     mv "$WORK.tmp" "$WORK"
   fi
-  rm -f "$WORK/rc" && touch "$WORK/heartbeat"
+  rm -f "$RC" && touch "$BEAT"
   export PYTHONPATH="$WORK/tools:$WORK/plugins${PYTHONPATH:+:$PYTHONPATH}"
   cd "$WORK"
-  setsid nohup bash -c '(while sleep 5; do touch heartbeat; done) & beat=$!
-    make pipeline MODEL_NAME="$0" "$@"; echo $? > rc; kill $beat' "$MODEL_NAME" "$@" >> pipeline.log 2>&1 < /dev/null &
-  echo "started in $WORK (log: $WORK/pipeline.log)";;
+  setsid nohup bash -c 'beat=$0 rc=$1; shift; (while sleep 5; do touch "$beat"; done) & b=$!
+    make pipeline "$@"; echo $? > "$rc"; kill $b' "$BEAT" "$RC" MODEL_NAME="$MODEL_NAME" "$@" >> "$LOG" 2>&1 < /dev/null &
+  echo "started $RUN in $WORK (log: $LOG)";;
 wait)
   deadline=$((SECONDS + ${1:?seconds}))
   while running && [ $SECONDS -lt $deadline ]; do sleep 1; done
-  grep -a '^== \|run_stages:' "$WORK/pipeline.log" || true
+  grep -a '^== \|run_stages:' "$LOG" || true
   if running; then echo "still running"; exit 3; fi
-  tail -c 3000 "$WORK/pipeline.log"; exit "$(cat "$WORK/rc" 2>/dev/null || echo 1)";;
+  tail -c 3000 "$LOG"; exit "$(cat "$RC" 2>/dev/null || echo 1)";;
 collect)  # one archive: the lent host's fetch leaves out folders nested deeper than $OUT/DIR/
   mkdir -p "${1:?dir}"
-  tar -czf "$1/$MODEL_NAME.tgz" -C "$WORK/results" "$MODEL_NAME" && cp "$WORK/pipeline.log" "$1"/;;
+  tar -czf "$1/$MODEL_NAME.tgz" -C "$WORK/results" "$MODEL_NAME" && cp "$LOG" "$1"/;;
+gguf)
+  mkdir -p "$ASKDRAFT_CACHE"
+  [ -f "$GGUF" ] && { echo "$GGUF is already there"; exit 0; }
+  cat "${1:?parts dir}"/gguf.part* >> "$GGUF.partial"
+  if [ -f "$1/gguf.sha256" ]; then
+    [ "$(sha256sum < "$GGUF.partial" | cut -d' ' -f1)" = "$(cat "$1/gguf.sha256")" ] \
+      || { echo "error: $GGUF.partial does not match $1/gguf.sha256 (parts missing or out of order)" >&2; rm -f "$GGUF.partial"; exit 1; }
+    mv "$GGUF.partial" "$GGUF" && echo "$GGUF ready"
+  fi;;
 *) echo "unknown command $cmd" >&2; exit 2;;
 esac

