@@ -91,3 +91,36 @@ def test_stages_in_process_skip_and_fail(tmp_path):
     out, _ = failing.communicate(timeout=120)
     assert failing.returncode == 3, out
     assert "run_stages: stage broken failed (exit 3)" in out and "== one" not in out
+
+
+def test_undo_axolotl_attention_patch(tiny_llama_dir):
+    """Axolotl's LoRA kernels rewrite LlamaAttention.forward for the whole process; after an
+    in-process line the runner compiles the original back, so a plain model of a later stage runs
+    (on the H200 the drafts stage failed on the missing apply_qkv) and the next training patches again."""
+    import torch
+    from axolotl.monkeypatch.lora_kernels import patch_self_attn_lora
+    from axolotl.utils.dict import DictDefault
+    from transformers import AutoModelForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    ids = torch.tensor([[1, 5, 7, 9]])
+    with torch.no_grad():
+        before = model(ids).logits
+    original = LlamaAttention.forward
+    patch_self_attn_lora(DictDefault(base_model=str(tiny_llama_dir)))
+    try:
+        assert LlamaAttention.forward is not original
+        with pytest.raises(AttributeError, match="apply_qkv"):
+            model(ids)
+    finally:
+        run_stages.undo_class_patches()
+    assert "_original_forward" not in LlamaAttention.__dict__
+    assert LlamaAttention.forward.__name__ == "forward"
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, before)
+    patch_self_attn_lora(DictDefault(base_model=str(tiny_llama_dir)))  # patches again, not "already patched"
+    try:
+        assert LlamaAttention.forward is not original and "_original_forward" in LlamaAttention.__dict__
+    finally:
+        run_stages.undo_class_patches()

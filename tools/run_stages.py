@@ -17,11 +17,13 @@ usage: tools/run_stages.py [STAGE ...] [--isolate] [--makefile PATH]
 import argparse
 import gc
 import json
+import linecache
 import os
 import runpy
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -90,7 +92,31 @@ def run_in_process(argv):
             raise
     finally:
         sys.argv = saved_argv
+        undo_class_patches()
         release_memory()
+
+
+def undo_class_patches():
+    """Put back the attention forward that axolotl's LoRA kernels replace for the whole process.
+
+    patch_self_attn_lora rewrites e.g. LlamaAttention.forward to call apply_qkv/apply_o, which only
+    its patched training model has: a later stage's plain model would fail with "'LlamaAttention'
+    object has no attribute 'apply_qkv'" (seen on the H200 at the drafts stage). Axolotl keeps the
+    original's source in cls._original_forward; compile it back in the class's own module (under a
+    linecache name, since the next patch reads its source), and drop the marker so the next training
+    stage patches again.
+    """
+    for module in list(sys.modules.values()):
+        if not getattr(module, "__name__", "").startswith("transformers.models."):
+            continue
+        for cls in list(vars(module).values()):
+            if isinstance(cls, type) and "_original_forward" in cls.__dict__ and cls.__module__ == module.__name__:
+                source, namespace = textwrap.dedent(cls._original_forward), {}
+                filename = f"<original {module.__name__}.{cls.__name__}.forward>"
+                linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+                exec(compile(source, filename, "exec"), vars(module), namespace)
+                cls.forward = namespace["forward"]
+                del cls._original_forward
 
 
 def release_memory():
