@@ -44,6 +44,8 @@ PROFILES_cpu := cpu
 PROFILES_smoke := cpu smoke
 PROFILES_gpu := gpu
 PROFILES_gpu-fast := gpu-fast
+# phase C only, after the above (keys of the askdraft_dpo plugin)
+PROFILES_C_gpu-fast := gpu-fast-dpo
 LIMIT_smoke := 64
 DRAFT_LIMIT_smoke := 32
 DRAFT_TOKENS_smoke := 48
@@ -135,7 +137,7 @@ $(PAIRS): data/drafts/cot_phaseB/REPORT.json
 
 phase-c: $(DPO)/adapter_model.safetensors
 $(DPO)/adapter_model.safetensors: $(PAIRS) $(MERGED)/config.json
-	$(call RECIPE,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(C_PROFILES),--profile $(p)),$(CV))
+	$(call RECIPE,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p)),$(CV))
 	$(TRAIN) $(RUNS)/phase_c$(CV).yaml
 	rm -f $(DPO)/model.safetensors  # axolotl also saves the whole model beside the adapter
 
@@ -145,7 +147,7 @@ data/drafts/$(DPO_NAME)/REPORT.json: $(DPO)/adapter_model.safetensors
 
 sg: models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json
 models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json: models/dpo_phaseC/adapter_model.safetensors
-	$(PY) tools/iterate_dpo.py --rounds $(SG_ROUNDS) $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) $(if $(LIMIT),--limit $(LIMIT),)
+	$(PY) tools/iterate_dpo.py --rounds $(SG_ROUNDS) $(foreach p,$(PROFILES_$(PROFILE)) $(PROFILES_C_$(PROFILE)),--profile $(p)) $(if $(LIMIT),--limit $(LIMIT),)
 
 # evaluation: lm-eval per stage (each writes results/<model>/evals/<stage>.<task>.jsonl and skips if done)
 ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft

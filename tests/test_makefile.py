@@ -55,3 +55,15 @@ def test_published_losses_profile_composes_and_validates():
 def test_bad_dotted_override(override, msg):
     with pytest.raises(InputError, match=msg):
         compose(REPO / "recipes/phase_c.yaml", [], [override])
+
+
+def test_gpu_fast_adds_its_dpo_profile_to_phase_c_only():
+    out = planned("PROFILE=gpu-fast", "C_VARIANT=published", "C_PROFILES=published-losses")
+    recipes = [line for line in out.splitlines() if " recipe recipes/" in line]
+    assert all("--profile gpu-fast " in line for line in recipes)
+    phase_c = [line for line in recipes if "recipes/phase_c.yaml" in line]
+    assert phase_c and all("--profile gpu-fast-dpo --profile published-losses" in line for line in phase_c)
+    assert not any("gpu-fast-dpo" in line for line in recipes if line not in phase_c)
+    cfg = compose(REPO / "recipes/phase_c.yaml", ["gpu-fast", "gpu-fast-dpo"])
+    args = AskDraftDPOArgs(**{k: v for k, v in cfg.items() if k.startswith("askdraft_")})
+    assert args.askdraft_free_memory_each_step is False and args.askdraft_cudnn_attention is False

@@ -127,3 +127,41 @@ def test_plugin_register_acts_only_on_configs_that_list_it():
     assert "trainer_cls" not in other
     with pytest.raises(ValueError, match="needs rl: dpo"):
         AskDraftDPOPlugin().register({"plugins": [PLUGIN]})
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["defaults", "gpu-fast-dpo"])
+def test_speed_switches(tiny_llama_dir, tmp_path, monkeypatch, fast):
+    """askdraft_free_memory_each_step: false skips AxolotlDPOTrainer's per-step gc.collect();
+    askdraft_cudnn_attention: false turns cuDNN SDPA off for the run and back on after it. One
+    epoch of real axolotl DPO in this process, as tools/run_stages.py runs it."""
+    import gc
+
+    from axolotl.cli.main import cli
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(8)))
+    datasets = yaml.safe_load((REPO / "recipes/phase_c.yaml").read_text())["datasets"]
+    datasets[0]["path"] = str(data)
+    recipe = _recipe(tiny_llama_dir, tmp_path, datasets=datasets, num_epochs=1, gradient_accumulation_steps=1,
+                     askdraft_schedule=[{"epochs": [1, 1], "beta": 0.1}], save_strategy="no",
+                     askdraft_free_memory_each_step=not fast, askdraft_cudnn_attention=not fast)
+
+    collected_in_step, real_collect = [], gc.collect
+    def collect(*args):
+        if sys._getframe(1).f_code.co_name == "training_step":
+            collected_in_step.append(1)
+        return real_collect(*args)
+    cudnn_set, real_enable = [], torch.backends.cuda.enable_cudnn_sdp
+    def enable_cudnn_sdp(on):
+        cudnn_set.append((on, torch.backends.cuda.cudnn_sdp_enabled()))
+        real_enable(on)
+    monkeypatch.setattr(gc, "collect", collect)
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", enable_cudnn_sdp)
+    monkeypatch.setenv("AXOLOTL_DO_NOT_TRACK", "1")
+    monkeypatch.chdir(tmp_path)
+
+    cli.main(args=["train", str(recipe), "--launcher", "python"], prog_name="axolotl", standalone_mode=False)
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
+    assert len(collected_in_step) == (0 if fast else 2)  # 8 pairs, 4 a step
+    assert cudnn_set == ([(False, True), (True, False)] if fast else [])
+    assert torch.backends.cuda.cudnn_sdp_enabled()

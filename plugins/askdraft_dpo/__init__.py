@@ -35,6 +35,21 @@ class AskDraftDPOPlugin(BasePlugin):
     def get_trainer_cls(self, cfg):
         return None  # see register()
 
+    def pre_model_load(self, cfg):
+        import torch
+
+        self._cudnn_sdp = None
+        if PLUGIN in (cfg.get("plugins") or []) and cfg.get("askdraft_cudnn_attention") is False:
+            self._cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
+            torch.backends.cuda.enable_cudnn_sdp(False)
+
+    def post_train(self, cfg, model):
+        import torch
+
+        if getattr(self, "_cudnn_sdp", None) is not None:  # the process goes on (tools/run_stages.py)
+            torch.backends.cuda.enable_cudnn_sdp(self._cudnn_sdp)
+            self._cudnn_sdp = None
+
     def add_callbacks_post_trainer(self, cfg, trainer):
         from .trainer import AskDraftDPOTrainer, ScheduleCallback
 
@@ -44,4 +59,5 @@ class AskDraftDPOPlugin(BasePlugin):
         trainer.drop_fraction = args.askdraft_drop_fraction
         trainer.drop_score = args.askdraft_drop_score
         trainer.beta_prime = args.askdraft_dr_beta_prime
+        trainer.free_memory_each_step = args.askdraft_free_memory_each_step
         return [ScheduleCallback(trainer, args.askdraft_schedule)]

@@ -7,6 +7,13 @@
     askdraft_drop_fraction: 0.15       # seed Dr-DPO: share of pairs dropped per batch
     askdraft_drop_score: margin        # seed Dr-DPO: which pairs count as most disagreeing
     askdraft_dr_beta_prime: 1.0        # published Dr. DPO temperature beta'
+    askdraft_free_memory_each_step: true   # axolotl's gc.collect() + empty_cache() after each micro-step
+    askdraft_cudnn_attention: true     # false: SDPA without its cuDNN backend while phase C trains
+
+The last two are speed switches (recipes/profiles/gpu-fast.yaml turns both off). Axolotl's DPO
+trainer frees memory after every micro-step, which keeps an 8 GB card flat but costs a full
+gc.collect() (0.38 s with the stack imported, on the 2-core CPU) a step. cuDNN's SDPA builds a plan
+for each new sequence shape (about 3 ms of CPU per attention call on the H200).
 
 cal / robust: none | seed | published (see losses.py). drop_score: "margin" drops the pairs with
 the lowest reward margin beta*h (the policy, relative to the reference, prefers the rejected
@@ -59,6 +66,8 @@ class AskDraftDPOArgs(BaseModel):
     askdraft_drop_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
     askdraft_drop_score: Literal["margin", "policy", "loss"] = "margin"
     askdraft_dr_beta_prime: float = Field(default=1.0, gt=0.0)
+    askdraft_free_memory_each_step: bool = True
+    askdraft_cudnn_attention: bool = True
 
     @model_validator(mode="before")
     @classmethod

@@ -46,6 +46,12 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         self.cal, self.robust = "none", "none"
         self.drop_fraction, self.drop_score, self.beta_prime = 0.15, "margin", 1.0
         self._drop_carry, self.schedule_epoch = 0.0, 0
+        self.free_memory_each_step = True
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.free_memory_each_step:  # AxolotlDPOTrainer's: the step, then gc.collect() + empty_cache()
+            return super().training_step(model, inputs, num_items_in_batch)
+        return super(AxolotlDPOTrainer, self).training_step(model, inputs, num_items_in_batch)
 
     def set_phase(self, beta, cal, robust, epoch=0):
         self.beta = self.args.beta = beta
