@@ -44,8 +44,10 @@ PROFILES_cpu := cpu
 PROFILES_smoke := cpu smoke
 PROFILES_gpu := gpu
 PROFILES_gpu-fast := gpu-fast
-# phase C only, after the above (keys of the askdraft_dpo plugin)
-PROFILES_C_gpu-fast := gpu-fast-dpo
+# phase C only, after the above (keys of the askdraft_dpo plugin; gpu keeps an 8 GB card's defaults)
+PROFILES_C_cpu := dpo-fast
+PROFILES_C_smoke := dpo-fast
+PROFILES_C_gpu-fast := dpo-fast
 LIMIT_smoke := 64
 DRAFT_LIMIT_smoke := 32
 DRAFT_TOKENS_smoke := 48

@@ -32,7 +32,7 @@ def test_variant_keeps_its_own_files():
     out = planned("C_VARIANT=published", "C_PROFILES=published-losses", "PAIR_MODE=answer")
     assert "pairs --mode answer" in out and "-o data/pairs-published.jsonl" in out
     assert ("--set datasets.0.path=data/pairs-published.jsonl --set output_dir=models/dpo_phaseC-published "
-            "--profile published-losses -o runs/cpu/phase_c-published.yaml") in out
+            "--profile dpo-fast --profile published-losses -o runs/cpu/phase_c-published.yaml") in out
     assert "--adapter models/dpo_phaseC-published --drafts data/drafts/dpo_phaseC-published/dev.jsonl" in out
     assert "summarize --model-name SmolLM2-135M-Instruct-published" in out
     assert "data/pairs.jsonl" not in out and "models/dpo_phaseC " not in out
@@ -57,13 +57,16 @@ def test_bad_dotted_override(override, msg):
         compose(REPO / "recipes/phase_c.yaml", [], [override])
 
 
-def test_gpu_fast_adds_its_dpo_profile_to_phase_c_only():
-    out = planned("PROFILE=gpu-fast", "C_VARIANT=published", "C_PROFILES=published-losses")
+@pytest.mark.parametrize("profile, fast", [("gpu-fast", True), ("smoke", True), ("cpu", True), ("gpu", False)])
+def test_dpo_fast_profile_goes_to_phase_c_only(profile, fast):
+    out = planned(f"PROFILE={profile}", "C_VARIANT=published", "C_PROFILES=published-losses")
     recipes = [line for line in out.splitlines() if " recipe recipes/" in line]
-    assert all("--profile gpu-fast " in line for line in recipes)
     phase_c = [line for line in recipes if "recipes/phase_c.yaml" in line]
-    assert phase_c and all("--profile gpu-fast-dpo --profile published-losses" in line for line in phase_c)
-    assert not any("gpu-fast-dpo" in line for line in recipes if line not in phase_c)
-    cfg = compose(REPO / "recipes/phase_c.yaml", ["gpu-fast", "gpu-fast-dpo"])
+    expected = "--profile dpo-fast --profile published-losses" if fast else "--profile published-losses"
+    assert phase_c and all(expected in line for line in phase_c)
+    assert not any("dpo-fast" in line for line in recipes if line not in phase_c)
+    if profile == "gpu-fast":
+        assert all("--profile gpu-fast " in line for line in recipes)
+    cfg = compose(REPO / "recipes/phase_c.yaml", ["gpu-fast", "dpo-fast"])
     args = AskDraftDPOArgs(**{k: v for k, v in cfg.items() if k.startswith("askdraft_")})
     assert args.askdraft_free_memory_each_step is False and args.askdraft_cudnn_attention is False

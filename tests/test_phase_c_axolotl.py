@@ -129,7 +129,7 @@ def test_plugin_register_acts_only_on_configs_that_list_it():
         AskDraftDPOPlugin().register({"plugins": [PLUGIN]})
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["defaults", "gpu-fast-dpo"])
+@pytest.mark.parametrize("fast", [False, True], ids=["defaults", "dpo-fast"])
 def test_speed_switches(tiny_llama_dir, tmp_path, monkeypatch, fast):
     """askdraft_free_memory_each_step: false skips AxolotlDPOTrainer's per-step gc.collect();
     askdraft_cudnn_attention: false turns cuDNN SDPA off for the run and back on after it. One
