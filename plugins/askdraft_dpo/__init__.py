@@ -38,9 +38,11 @@ class AskDraftDPOPlugin(BasePlugin):
     def pre_model_load(self, cfg):
         import torch
 
-        self._cudnn_sdp = None
         if PLUGIN in (cfg.get("plugins") or []) and cfg.get("askdraft_cudnn_attention") is False:
-            self._cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
+            # keep the setting from before the first load: a merge-lora of this config (SG loop) loads
+            # a model too but never reaches post_train
+            if getattr(self, "_cudnn_sdp", None) is None:
+                self._cudnn_sdp = torch.backends.cuda.cudnn_sdp_enabled()
             torch.backends.cuda.enable_cudnn_sdp(False)
 
     def post_train(self, cfg, model):

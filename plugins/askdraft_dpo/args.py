@@ -10,7 +10,7 @@
     askdraft_free_memory_each_step: true   # axolotl's gc.collect() + empty_cache() after each micro-step
     askdraft_cudnn_attention: true     # false: SDPA without its cuDNN backend while phase C trains
 
-The last two are speed switches (recipes/profiles/gpu-fast.yaml turns both off). Axolotl's DPO
+The last two are speed switches (recipes/profiles/dpo-fast.yaml turns both off). Axolotl's DPO
 trainer frees memory after every micro-step, which keeps an 8 GB card flat but costs a full
 gc.collect() (0.38 s with the stack imported, on the 2-core CPU) a step. cuDNN's SDPA builds a plan
 for each new sequence shape (about 3 ms of CPU per attention call on the H200).
