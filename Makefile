@@ -66,7 +66,9 @@ DRAFT_BATCH ?= $(if $(filter 1,$(HAS_GPU)),256,16)
 EVAL_BATCH ?= $(if $(filter 1,$(HAS_GPU)),64,8)
 LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
-DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) $(if $(DRAFT_TOKENS_$(PROFILE)),--max-new-tokens $(DRAFT_TOKENS_$(PROFILE)),)
+# a question draft (sub-questions with answers, then the tentative answer) is up to ~105 tokens
+DRAFT_TOKENS ?= $(or $(DRAFT_TOKENS_$(PROFILE)),128)
+DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) --max-new-tokens $(DRAFT_TOKENS)
 # smoke: no generative strategyqa_cot (128 new tokens a question would double its eval time)
 COT_TASK := $(if $(filter smoke,$(PROFILE)),,strategyqa_cot,)
 EVAL_LIMIT := $(if $(EVAL_LIMIT_$(PROFILE)),--limit $(EVAL_LIMIT_$(PROFILE)),)
@@ -79,9 +81,11 @@ RESULTS := results/$(MODEL_NAME)
 JUDGE_URL ?=
 JUDGE_MODEL ?=
 JUDGE_SERVE ?=
+# letter: one-letter A/B verdicts (any local model can give one); json: a verdict with a reason
+JUDGE_MODE ?= $(if $(JUDGE_SERVE),letter,json)
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) $(3) -o $(RUNS)/$(1)$(4).yaml
 
-.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg eval attribution judge report pipeline phase-b-multi phase-c-multi clean-runs help
+.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi clean-runs help
 help:
 	@sed -n '2,6p' Makefile
 
@@ -147,19 +151,40 @@ drafts-c: data/drafts/$(DPO_NAME)/REPORT.json
 data/drafts/$(DPO_NAME)/REPORT.json: $(DPO)/adapter_model.safetensors
 	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME) --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
 
-sg: models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json
-models/dpo_phaseC_sg/round_$(SG_ROUNDS)/ROUND.json: models/dpo_phaseC/adapter_model.safetensors
-	$(PY) tools/iterate_dpo.py --rounds $(SG_ROUNDS) $(foreach p,$(PROFILES_$(PROFILE)) $(PROFILES_C_$(PROFILE)),--profile $(p)) $(if $(LIMIT),--limit $(LIMIT),)
+SG := models/$(DPO_NAME)_sg
+SG_LAST := $(SG)/round_$(SG_ROUNDS)
+sg: $(SG_LAST)/ROUND.json
+$(SG_LAST)/ROUND.json: $(DPO)/adapter_model.safetensors
+	$(PY) tools/iterate_dpo.py --rounds $(SG_ROUNDS) --start-base $(MERGED) --start-adapter $(DPO) --out $(SG) \
+	  --data-out data/sg$(CV) --mode $(PAIR_MODE) --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT) \
+	  $(foreach p,$(PROFILES_$(PROFILE)) $(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p))
+# the SG model's own dev drafts, then its accuracy with and without them (stage SG of the results)
+sg-eval: $(RESULTS)/evals/SG.strategyqa_draft.json
+$(RESULTS)/evals/SG.strategyqa_draft.json: $(SG_LAST)/ROUND.json
+	$(ASKDRAFT) drafts --base $(SG_LAST)/start --adapter $(SG_LAST) --name $(DPO_NAME)_sg --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+	$(EVAL) --stage SG --base $(SG_LAST)/start --adapter $(SG_LAST) --drafts data/drafts/$(DPO_NAME)_sg/dev.jsonl \
+	  --tasks strategyqa_draft,strategyqa_nodraft,strategyqa_draft_noconclusion
+
+# phase C chosen honestly: a candidate's accuracy on the validation split (askdraft data --val-frac),
+# never on dev (make kfold compares candidates with this)
+val-c: results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json
+results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json: $(DPO)/adapter_model.safetensors
+	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME) --splits val --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+	$(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --results results/val --batch-size $(EVAL_BATCH) $(EVAL_LIMIT) \
+	  --stage C --base $(MERGED) --adapter $(DPO) --dev data/strategyqa_val.jsonl \
+	  --drafts data/drafts/$(DPO_NAME)/val.jsonl --tasks strategyqa_draft,strategyqa_nodraft
 
 # evaluation: lm-eval per stage (each writes results/<model>/evals/<stage>.<task>.jsonl and skips if done)
-ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft
+ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft,strategyqa_draft_noconclusion
+# the oracle ladder on phase B (teacher drafts with no / gold / flipped conclusion, shuffled, empty)
+ORACLE_TASKS := strategyqa_teacher_noconclusion,strategyqa_teacher_gold,strategyqa_teacher_flipped,strategyqa_teacher_shuffled,strategyqa_emptydraft
 EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --batch-size $(EVAL_BATCH) $(EVAL_LIMIT)
 eval: $(RESULTS)/evals/.done
 $(RESULTS)/evals/.done: data/drafts/$(DPO_NAME)/REPORT.json
 	$(EVAL) --stage base --base $(BASE) --tasks strategyqa
 	$(EVAL) --stage A --base $(BASE) --adapter models/baseline_phaseA --tasks strategyqa
 	$(EVAL) --stage B --base $(BASE) --adapter models/cot_phaseB --drafts data/drafts/cot_phaseB/dev.jsonl \
-	  --tasks strategyqa,$(COT_TASK)$(ABLATION_TASKS)
+	  --tasks strategyqa,$(COT_TASK)$(ABLATION_TASKS),$(ORACLE_TASKS)
 	$(EVAL) --stage C --base $(MERGED) --adapter $(DPO) --drafts data/drafts/$(DPO_NAME)/dev.jsonl \
 	  --tasks strategyqa,$(ABLATION_TASKS)
 	touch $@
@@ -176,7 +201,7 @@ $(RESULTS)/judge.json: data/drafts/$(DPO_NAME)/REPORT.json
 	@if [ -z "$(JUDGE_URL)$(JUDGE_SERVE)" ]; then echo "judge: set JUDGE_URL + JUDGE_MODEL or JUDGE_SERVE (skipped)"; else \
 	$(ASKDRAFT) judge --drafts-a data/drafts/$(DPO_NAME)/dev.jsonl --drafts-b data/drafts/cot_phaseB/dev.jsonl \
 	  --name-a $(DPO_NAME) --name-b cot_phaseB $(if $(JUDGE_URL),--base-url $(JUDGE_URL),--serve $(JUDGE_SERVE)) \
-	  $(if $(JUDGE_MODEL),--model $(JUDGE_MODEL),) --limit $(JUDGE_LIMIT) --out $@ || true; fi
+	  $(if $(JUDGE_MODEL),--model $(JUDGE_MODEL),) --mode $(JUDGE_MODE) --limit $(JUDGE_LIMIT) --out $@ || true; fi
 
 report: | eval attribution judge
 	$(ASKDRAFT) summarize --model-name $(MODEL_NAME)
@@ -197,6 +222,13 @@ phase-b-multi: models/baseline_phaseA/adapter_model.safetensors
 phase-c-multi: data/pairs.jsonl $(MERGED)/config.json
 	$(call MULTI,phase_c,$(MERGED))
 	$(AXOLOTL) train runs/multi/phase_c.yaml --launcher accelerate -- --num_processes $(NGPU)
+
+# the study: K folds over every question, phase C chosen per fold on a validation split, results pooled
+# into results/<model>-kfold<K>/ (tools/askdraft/kfold.py); KFOLD_ARGS e.g. --parallel 5 --gpus 0,1
+KFOLD ?= 5
+KFOLD_ARGS ?=
+kfold: $(BASE)/config.json
+	$(ASKDRAFT) kfold --folds $(KFOLD) --base $(BASE) --profile $(PROFILE) $(KFOLD_ARGS)
 
 clean-runs:
 	rm -rf runs .cache/axolotl_prepared

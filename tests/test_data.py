@@ -24,7 +24,7 @@ def askdraft(*args, cwd):
 
 def test_split_counts_stratified_and_leak_free(tmp_path):
     write_source(tmp_path / "src.jsonl", n=60, yes_every=3)
-    m = data.build(tmp_path / "out", source=tmp_path / "src.jsonl", n_train=45)
+    m = data.build(tmp_path / "out", source=tmp_path / "src.jsonl", n_train=45, teacher="explanation")
     splits = m["splits"]
     assert splits[data.FILES["baseline"]]["rows"] == 45 and splits[data.FILES["dev"]]["rows"] == 15
     assert splits[data.FILES["dev"]]["yes"] == round(15 * 20 / 60)  # 20 of 60 are yes
@@ -40,8 +40,8 @@ def test_split_counts_stratified_and_leak_free(tmp_path):
 def test_two_runs_are_byte_identical(tmp_path):
     write_source(tmp_path / "src.jsonl")
     for out in ("a", "b"):
-        data.build(tmp_path / out, source=tmp_path / "src.jsonl", n_train=40)
-    for name in [*data.FILES.values(), "MANIFEST.json"]:
+        data.build(tmp_path / out, source=tmp_path / "src.jsonl", n_train=40, teacher="explanation")
+    for name in [data.FILES[k] for k in ("baseline", "cot", "dev")] + ["MANIFEST.json"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
@@ -53,7 +53,8 @@ def test_two_runs_are_byte_identical(tmp_path):
 ])
 def test_bad_input_names_file_and_line_and_writes_nothing(tmp_path, bad_line, message):
     write_source(tmp_path / "src.jsonl", n=60, extra=[bad_line])
-    r = askdraft("data", "--source", str(tmp_path / "src.jsonl"), "--out", str(tmp_path / "out"), "--n-train", "40", cwd=tmp_path)
+    r = askdraft("data", "--source", str(tmp_path / "src.jsonl"), "--out", str(tmp_path / "out"), "--n-train", "40",
+                 "--teacher", "explanation", cwd=tmp_path)
     assert r.returncode != 0
     assert "src.jsonl:61: " in r.stderr and message in r.stderr, r.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
@@ -61,7 +62,7 @@ def test_bad_input_names_file_and_line_and_writes_nothing(tmp_path, bad_line, me
 
 def test_train_dev_overlap_is_refused(tmp_path):
     write_source(tmp_path / "src.jsonl")
-    data.build(tmp_path / "out", source=tmp_path / "src.jsonl", n_train=40)
+    data.build(tmp_path / "out", source=tmp_path / "src.jsonl", n_train=40, teacher="explanation")
     dev = tmp_path / "out" / data.FILES["dev"]
     train_first = (tmp_path / "out" / data.FILES["cot"]).read_text().splitlines()[0]
     dev.write_text(dev.read_text() + train_first + "\n")
@@ -94,3 +95,89 @@ def test_shorten_rationale_keeps_answer():
     full = sft_data.row(sft_data.templates.draft_prompt("Is it?"), sft_data.templates.draft_completion(short, "yes"), "", "")
     n = sum(len(s["text"].split()) for s in full["segments"])
     assert n <= 30 and full["segments"][1]["text"].endswith("Final answer: yes")
+
+
+# ---------------------------------------------------------------- the teacher draft: decompositions
+
+def test_embedded_split_has_question_drafts_from_decompositions(tmp_path):
+    from askdraft import templates
+    m = data.build(tmp_path / "a", hub=False)
+    assert m["teacher"] == "decomposition" and m["decompositions_sha256"]
+    table = data.load_decompositions()
+    for name in ("cot", "dev"):
+        rows = [json.loads(line) for line in (tmp_path / "a" / data.FILES[name]).read_text().splitlines()]
+        for r in rows:
+            d = table[data.norm_question(r["question"])]
+            assert [s["q"] for s in r["teacher_steps"]] == [q.strip() for q in d["decomposition"]]
+            assert sorted(" ".join(s["a"] for s in r["teacher_steps"]).split()) == sorted(" ".join(f.strip() for f in d["facts"]).split())
+            assert r["teacher_cot"] == templates.teacher_draft(r["teacher_steps"])
+            assert r["teacher_cot"].count("Q: ") == len(d["decomposition"]) and r["teacher_final"] == d["answer"]
+    # the explanation form stays selectable, and says so in the manifest
+    m2 = data.build(tmp_path / "b", hub=False, teacher="explanation")
+    assert m2["teacher"] == "explanation" and m2["decompositions"] is None
+    row = json.loads((tmp_path / "b" / data.FILES["dev"]).read_text().splitlines()[0])
+    assert "teacher_steps" not in row and "Q: " not in row["teacher_cot"]
+
+
+def test_teacher_steps_match_facts_to_the_sub_questions_they_answer():
+    steps = data.teacher_steps(
+        ["Who can perform lawful arrests?", "Are members of The Police also #1?"],
+        ["The members of The Police were musicians, not law enforcement officers.",
+         "Only law enforcement officers can perform lawful arrests."])
+    assert steps == [
+        {"q": "Who can perform lawful arrests?", "a": "Only law enforcement officers can perform lawful arrests."},
+        {"q": "Are members of The Police also #1?",
+         "a": "The members of The Police were musicians, not law enforcement officers."}]
+    # no shared word: facts go by position; an operation step no fact matches keeps no answer
+    steps = data.teacher_steps(["How many kids did Caesar have?", "How many did Genghis have?", "Is #2 more than #1?"],
+                               ["Three.", "Sixteen."])
+    assert [s["a"] for s in steps] == ["Three.", "Sixteen.", ""]
+
+
+def test_unmatched_question_or_malformed_decomposition_is_an_error(tmp_path):
+    src = tmp_path / "src.jsonl"
+    write_source(src, n=20)
+    r = askdraft("data", "--source", str(src), "--out", str(tmp_path / "out"), "--n-train", "15", cwd=tmp_path)
+    assert r.returncode == 2 and "decompositions.jsonl: no decomposition for question 'Is thing number 0 a blue thing?'" in r.stderr
+    assert not (tmp_path / "out").exists()
+    bad = tmp_path / "dec.jsonl"
+    bad.write_text(data.DECOMPOSITIONS.read_text().splitlines()[0] + "\n"
+                   + json.dumps({"question": "Q?", "answer": "yes", "decomposition": ["x?"], "facts": "not a list"}) + "\n")
+    with pytest.raises(InputError, match=r"dec.jsonl:2: field 'facts' must be a non-empty list"):
+        data.load_decompositions(bad)
+    bad.write_text(json.dumps({"question": "Q?", "answer": "maybe", "decomposition": ["x?"], "facts": ["f"]}) + "\n")
+    with pytest.raises(InputError, match=r"dec.jsonl:1: label 'maybe' is not yes/no"):
+        data.load_decompositions(bad)
+
+
+def test_kfold_split_covers_every_question_once_with_a_validation_split(tmp_path):
+    questions, yes = {}, []
+    for f in range(5):
+        m = data.build(tmp_path / str(f), hub=False, folds=5, fold=f, val_frac=0.1)
+        rows = {k: [json.loads(x) for x in (tmp_path / str(f) / data.FILES[k]).read_text().splitlines()]
+                for k in ("cot", "dev", "val")}
+        sets = {k: {r["question"] for r in v} for k, v in rows.items()}
+        assert not sets["cot"] & sets["dev"] and not sets["cot"] & sets["val"] and not sets["dev"] & sets["val"]
+        assert len(sets["cot"]) + len(sets["dev"]) + len(sets["val"]) == 2289
+        assert abs(m["splits"][data.FILES["val"]]["rows"] - 0.1 * (2289 - len(sets["dev"]))) <= 1
+        for q in sets["dev"]:
+            assert q not in questions
+            questions[q] = f
+        yes.append(m["splits"][data.FILES["dev"]]["yes_share"])
+    assert len(questions) == 2289 and max(yes) - min(yes) < 0.01  # stratified
+    with pytest.raises(InputError, match="fold 5 is not in 0..4"):
+        data.build(tmp_path / "x", hub=False, folds=5, fold=5)
+
+
+def test_shorten_steps_cuts_answers_never_sub_questions():
+    class Words:
+        def __call__(self, text, add_special_tokens=False):
+            return type("E", (), {"input_ids": text.split()})
+    steps = [{"q": "What is one?", "a": " ".join(f"a{i}" for i in range(20))},
+             {"q": "What is two?", "a": " ".join(f"b{i}" for i in range(20))}, {"q": "Is #1 #2?", "a": ""}]
+    text, cut = sft_data.shorten_steps(Words(), "Is it?", steps, "no", 40, "", "")
+    assert cut and all(f"Q: {s['q']}" in text for s in steps)
+    assert "a0" in text and "b0" in text and "a19" not in text
+    full = sft_data.row(sft_data.templates.draft_prompt("Is it?"), sft_data.templates.draft_completion(text, "no"), "", "")
+    assert sum(len(s["text"].split()) for s in full["segments"]) <= 40
+    assert full["segments"][1]["text"].endswith("Tentative answer: no\nFinal answer: no")

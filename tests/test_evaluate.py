@@ -16,7 +16,9 @@ import pytest
 from askdraft import REPO_ROOT, evaluate, report, stats, templates
 from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
 
-TASKS = ("strategyqa", "strategyqa_nodraft", "strategyqa_draft", "strategyqa_shuffleddraft")
+TASKS = ("strategyqa", "strategyqa_nodraft", "strategyqa_draft", "strategyqa_shuffleddraft",
+         "strategyqa_draft_noconclusion", "strategyqa_teacher_gold", "strategyqa_teacher_flipped",
+         "strategyqa_teacher_noconclusion", "strategyqa_teacher_shuffled", "strategyqa_emptydraft")
 # One CPU thread everywhere: on a shared 2-core machine two OpenMP threads wait on each other
 # (measured: a forward pass 9x slower with 2 threads than with 1 while other jobs run).
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -133,14 +135,25 @@ def test_lm_eval_matches_independent_transformers_computation(run):
     base = AutoModelForCausalLM.from_pretrained(run["base"], dtype=torch.float32)
     model = PeftModel.from_pretrained(base, run["adapter"]).eval()
     own, cache, choices = own_drafts(run["drafts"]), {}, set()
-    gold = {r["question"]: r["teacher_final"] for r in read_jsonl(run["dev"], required=("question",), allow_extra=True)}
+    dev = read_jsonl(run["dev"], required=("question",), allow_extra=True)
+    gold = {r["question"]: r["teacher_final"] for r in dev}
+    teacher = {r["question"]: r["teacher_cot"] for r in dev}
+    flip = {"yes": "no", "no": "yes"}
     for task in TASKS:
         samples = run["samples"][task]
         assert set(samples) == set(gold), task
         correct = []
         for q, s in samples.items():
-            draft = {"strategyqa_draft": own[q], "strategyqa_shuffleddraft": s["doc"]["draft"]}.get(task)
-            prompt = templates.answer_prompt(q, draft)
+            # each variant's draft written out by hand (make_inputs' drafts end in one tentative line)
+            draft = {"strategyqa_draft": own[q], "strategyqa_shuffleddraft": s["doc"]["draft"],
+                     "strategyqa_draft_noconclusion": own[q].rsplit("\nTentative answer:", 1)[0],
+                     "strategyqa_teacher_gold": f"{teacher[q]}\nTentative answer: {gold[q]}",
+                     "strategyqa_teacher_flipped": f"{teacher[q]}\nTentative answer: {flip[gold[q]]}",
+                     "strategyqa_teacher_noconclusion": teacher[q], "strategyqa_emptydraft": "",
+                     "strategyqa_teacher_shuffled": s["doc"]["draft"]}.get(task)
+            if task == "strategyqa_teacher_shuffled":
+                assert draft != teacher[q] and draft in teacher.values()
+            prompt = f"Question: {q}" + (f" Student draft: {draft}" if draft is not None else "") + "\nFinal answer:"
             assert s["arguments"]["gen_args_0"]["arg_0"] == prompt  # lm-eval saw the template's prompt
             if prompt not in cache:  # strategyqa and strategyqa_nodraft share their prompts
                 cache[prompt] = logliks(model, tok, prompt)
@@ -238,20 +251,32 @@ def test_evaluate_per_question_files_match_lm_eval_cli(run, evaluated):
 @pytest.mark.slow
 def test_summary_shape_and_paired_stats(run, evaluated):
     s = evaluate.summarize("smol", evaluated, data_dir=run["data"])
+    dev = read_jsonl(evaluated.parent / "dev.jsonl", required=("question",), allow_extra=True)
+    dev_order = [r["question"] for r in dev]
+    vec = lambda stage, task: [_correct(evaluated, stage, task)[q] for q in dev_order]  # noqa: E731
     assert s == json.loads((evaluated / "smol" / "summary.json").read_text())
     assert {"model", "device", "date", "commit", "stages", "ablations", "attribution_draft_share",
             "judge", "provenance"} <= set(s)
     assert list(s["stages"]) == ["A", "C"] and s["device"] == "cpu"
     assert s["provenance"]["stage_tasks"] == {"A": "strategyqa", "C": "strategyqa_draft"}
     assert s["attribution_draft_share"] == {"before_dpo": None, "after_dpo": None} and s["judge"] is None
-    assert set(s["ablations"]) == {"draft", "nodraft", "shuffled", "draft_minus_nodraft",
-                                   "draft_minus_shuffled", "C_minus_A", "B_minus_A"}
+    assert set(s["ablations"]) == {"draft", "nodraft", "shuffled", "noconclusion", "draft_minus_nodraft",
+                                   "draft_minus_shuffled", "noconclusion_minus_nodraft", "overrides",
+                                   "C_minus_A", "B_minus_A"}
+    # the final answer against the draft's tentative one, counted by hand from the per-question rows
+    rows = read_jsonl(evaluate.eval_paths(evaluated, "smol", "C", "strategyqa_draft")[0], required=("question",), allow_extra=True)
+    assert all(r["tentative"] == r["answer"] for r in rows)  # make_inputs' drafts state the gold answer
+    o = s["ablations"]["overrides"]
+    assert o["overrides_wrong_tentative"] == {"share": None, "n": 0}
+    assert o["keeps_right_tentative"] == {"share": sum(r["correct"] for r in rows) / len(rows), "n": len(rows)}
+    assert s["oracle"]["stage"] == "C" and s["ties"] == {}
+    for k, task in evaluate.ORACLE.items():
+        assert s["oracle"][k]["accuracy"] == stats.accuracy(vec("C", task))["accuracy"]
+        assert s["oracle"][k]["minus_nodraft"]["diff"] == pytest.approx(
+            stats.paired_difference(vec("C", task), vec("C", "strategyqa_nodraft"))["diff"])
     assert s["ablations"]["B_minus_A"] is None
     for key in ("accuracy", "ci_low", "ci_high", "n"):
         assert key in s["stages"]["C"] and key in s["ablations"]["shuffled"]
-    dev = read_jsonl(evaluated.parent / "dev.jsonl", required=("question",), allow_extra=True)
-    dev_order = [r["question"] for r in dev]
-    vec = lambda stage, task: [_correct(evaluated, stage, task)[q] for q in dev_order]  # noqa: E731
     assert s["stages"]["C"]["accuracy"] == stats.accuracy(vec("C", "strategyqa_draft"))["accuracy"]
     for key, (one, two) in {"draft_minus_nodraft": (("C", "strategyqa_draft"), ("C", "strategyqa_nodraft")),
                             "draft_minus_shuffled": (("C", "strategyqa_draft"), ("C", "strategyqa_shuffleddraft")),

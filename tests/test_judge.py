@@ -132,12 +132,25 @@ class Handler(BaseHTTPRequestHandler):
             "hang": lambda: {"winner": "tie", "reason": "slow"},
             "500once": lambda: {"winner": "A" if first == "m1" else "B", "reason": "m1 after retry"},
             "badwinner": lambda: {"winner": "C", "reason": "?"},
+            "m1text": lambda: {"winner": "A" if first == "m1" else "B", "reason": "m1 asks better"},
         }.get(how)
         text = "Sure! ```json\n" + json.dumps(content()) + "\n```" if content else "I like the first one."
+        choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
+        if "letter" in body["messages"][0]["content"] or "one letter" in body["messages"][0]["content"]:
+            # the letter mode: one token; log-probs of both letters where asked for, except for "m1text"
+            letter = content()["winner"] if content else None
+            if how == "m1text":
+                letter = "A" if first == "m1" else "B"
+            choice["message"]["content"] = f"{letter}." if letter in ("A", "B") else text
+            if body.get("logprobs") and letter in ("A", "B") and how != "m1text":
+                other = "B" if letter == "A" else "A"
+                top = [{"token": f" {letter}", "logprob": -0.2, "bytes": None},
+                       {"token": other, "logprob": -1.9, "bytes": None}]
+                choice["logprobs"] = {"content": [{"token": f" {letter}", "logprob": -0.2, "bytes": None,
+                                                   "top_logprobs": top}]}
         self.send(200, {"id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
                         "model": body["model"],
-                        "choices": [{"index": 0, "finish_reason": "stop",
-                                     "message": {"role": "assistant", "content": text}}],
+                        "choices": [choice],
                         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
 
 
@@ -395,3 +408,31 @@ def test_serve_option_runs_transformers_serve_for_the_run_only(tmp_path):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
     with pytest.raises(InputError, match="no config.json"):
         run_cli(*argv, "--serve", tmp_path / "nowhere")
+
+
+# ---------------------------------------------------------------- the letter (constrained) mode
+def test_letter_mode_takes_logprobs_or_the_reply_letter(tmp_path, scripted):
+    script = {"Q0": "m1", "Q1": "m2", "Q2": "first", "Q3": "m1text", "Q4": "garbage"}
+    srv = scripted(script)
+    questions = [f"Can Q{i} be answered by asking?" for i in range(len(script))]
+    a, b = make_drafts(tmp_path, questions)
+    assert run_cli(*cli_args(tmp_path, a, b, srv.url, mode="letter")) == 1  # Q4 has no letter
+    res, calls = load_results(tmp_path)
+    assert [p["outcome"] for p in res["per_question"]] == ["win", "loss", "tie", "win", "failed"]
+    assert res["mode"] == "letter" and "pipeline check" in res["note"]
+    by_q = {(c["question"][:6], c["order"]): c for c in calls}
+    assert by_q["Can Q0", "12"]["reason"] == "log-probs A -0.200, B -1.900"
+    assert by_q["Can Q3", "12"]["reason"] == "reply text" and by_q["Can Q3", "21"]["winner"] == "B"
+    assert "no A or B in the answer" in by_q["Can Q4", "12"]["error"]
+    assert res["n"] == 4 and res["win_rate"] == pytest.approx((2 + 0.5) / 4)
+
+
+def test_letter_mode_against_transformers_serve(tmp_path, transformers_serve):
+    """transformers serve ignores logprobs (it warns and answers); the letter comes from the reply."""
+    url, model, log = transformers_serve
+    questions = [f"Would L{i} need sub-questions?" for i in range(3)]
+    a, b = make_drafts(tmp_path, questions)
+    assert run_cli(*cli_args(tmp_path, a, b, url, model=model, timeout=60, mode="letter")) == 0
+    res, calls = load_results(tmp_path)
+    assert all(c["winner"] == "A" and c["reason"] == "reply text" for c in calls)
+    assert [p["outcome"] for p in res["per_question"]] == ["tie"] * 3 and res["mode"] == "letter"

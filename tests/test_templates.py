@@ -22,3 +22,11 @@ def test_parse_and_flip_use_the_last_conclusion():
     assert t.parse_tentative(draft) == "yes"
     assert t.flip_tentative(draft) == "Tentative answer: yes? Not sure.\nTentative answer: no"
     assert t.parse_tentative("no conclusion here") is None
+
+
+def test_teacher_draft_asks_then_concludes():
+    body = t.teacher_draft([{"q": "What is X?", "a": "X is 3."}, {"q": "Is #1 odd?", "a": ""}])
+    assert body == "Q: What is X? A: X is 3.\nQ: Is #1 odd?"
+    draft = t.draft_text(body, "yes")
+    assert draft == body + "\nTentative answer: yes" and t.strip_tentative(draft) == body
+    assert t.answer_prompt("Is it?", "") == "Question: Is it? Student draft: \nFinal answer:"  # empty != none

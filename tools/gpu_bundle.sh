@@ -7,7 +7,7 @@
 #                 needs fastapi, starlette, uvicorn, openai and what the host image lacks of
 #                 their needs; fastapi 0.163 imports opentelemetry, openai 3 uses httpx2)
 #   .gpuparts1/   the first part of the embedded GGUF, sized to travel with .gpu and the checkout
-#   .gpuparts2/   the rest
+#   .gpuparts2/.. the rest, each part sized to travel with the checkout alone (the last has the sha256)
 # On the host: `. .gpu/env.sh .gpu`, then join the parts into $ASKDRAFT_CACHE (tools/gpu_pipeline.sh
 # `gguf` does it).
 set -euo pipefail
@@ -32,10 +32,14 @@ gguf=$(PYTHONPATH=tools ${PY:-.venv/bin/python} -c 'from askdraft.base_model imp
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 bundle=$(du -sb .gpu | cut -f1)
 first=$(( 60 * 1024 * 1024 - bundle - tree ))
+rest=$(( 60 * 1024 * 1024 - tree ))
 [ "$first" -gt 0 ] || { echo "error: .gpu and the checkout leave no room under 60 MiB" >&2; exit 2; }
-rm -rf .gpuparts1 .gpuparts2 && mkdir .gpuparts1 .gpuparts2
-head -c "$first" "$gguf" > .gpuparts1/gguf.part00
-tail -c +"$((first + 1))" "$gguf" > .gpuparts2/gguf.part01
-cat .gpuparts1/gguf.part00 .gpuparts2/gguf.part01 | cmp - "$gguf"
-sha256sum "$gguf" | cut -d' ' -f1 > .gpuparts2/gguf.sha256
-du -sh .gpu .gpuparts1 .gpuparts2
+rm -rf .gpuparts* && size=$(stat -c %s "$gguf") && off=0 && i=1
+while [ "$off" -lt "$size" ]; do  # part 1 travels with .gpu, every later part alone
+  n=$([ $i = 1 ] && echo "$first" || echo "$rest")
+  mkdir ".gpuparts$i" && tail -c +"$((off + 1))" "$gguf" | head -c "$n" > ".gpuparts$i/gguf.part$(printf %02d $i)"
+  off=$((off + n)) && last=$i && i=$((i + 1))
+done
+cat .gpuparts*/gguf.part* | cmp - "$gguf"
+sha256sum "$gguf" | cut -d' ' -f1 > ".gpuparts$last/gguf.sha256"
+du -sh .gpu .gpuparts*

@@ -14,6 +14,7 @@
 set -euo pipefail
 WORK=${WORK:-/tmp/askdraft-run}
 RUN=${RUN:-pipeline}
+TARGET=${TARGET:-pipeline}  # or kfold (MODEL_NAME then names its pooled results folder)
 export ASKDRAFT_CACHE=${ASKDRAFT_CACHE:-/tmp/askdraft-cache}
 GGUF=$ASKDRAFT_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf
 cmd=${1:?usage: gpu_pipeline.sh start|wait|collect|gguf ...}; shift
@@ -40,7 +41,7 @@ start)
   export PYTHONPATH="$WORK/tools:$WORK/plugins${PYTHONPATH:+:$PYTHONPATH}"
   cd "$WORK"
   setsid nohup bash -c 'beat=$0 rc=$1; shift; (while sleep 5; do touch "$beat"; done) & b=$!
-    make pipeline "$@"; echo $? > "$rc"; kill $b' "$BEAT" "$RC" MODEL_NAME="$MODEL_NAME" "$@" >> "$LOG" 2>&1 < /dev/null &
+    make "$@"; echo $? > "$rc"; kill $b' "$BEAT" "$RC" "$TARGET" $([ "$TARGET" = pipeline ] && echo MODEL_NAME="$MODEL_NAME") "$@" >> "$LOG" 2>&1 < /dev/null &
   echo "started $RUN in $WORK (log: $LOG)";;
 wait)
   deadline=$((SECONDS + ${1:?seconds}))
@@ -50,7 +51,12 @@ wait)
   tail -c 3000 "$LOG"; exit "$(cat "$RC" 2>/dev/null || echo 1)";;
 collect)  # one archive: the lent host's fetch leaves out folders nested deeper than $OUT/DIR/
   mkdir -p "${1:?dir}"
-  tar -czf "$1/$MODEL_NAME.tgz" -C "$WORK/results" "$MODEL_NAME" && cp "$LOG" "$1"/;;
+  tar -czf "$1/$MODEL_NAME.tgz" -C "$WORK/results" "$MODEL_NAME" && cp "$LOG" "$1"/
+  if [ -d "$WORK/runs/kfold" ]; then  # the folds' logs, selections, wall times and per-fold results
+    (cd "$WORK/runs/kfold" && tar -czf "$1/kfold-folds.tgz" fold_*/kfold.log fold_*/selection.json fold_*/data/MANIFEST.json \
+      fold_*/data/sft/REPORT.json fold_*/data/drafts/*/REPORT.json fold_*/data/pairs*.report.json fold_*/results \
+      $(cd "$WORK/runs/kfold" && ls -d fold_*/models/*/trainer_state.json fold_*/models/*/*/trainer_state.json 2>/dev/null))
+  fi;;
 gguf)
   mkdir -p "$ASKDRAFT_CACHE"
   [ -f "$GGUF" ] && { echo "$GGUF is already there"; exit 0; }

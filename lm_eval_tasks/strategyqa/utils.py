@@ -10,7 +10,7 @@ DEFAULT_DEV = "data/strategyqa_dev.jsonl"
 
 
 def _dev(dev):
-    rows = read_jsonl(dev, required=("question", "teacher_final"), optional=("teacher_cot",))
+    rows = read_jsonl(dev, required=("question", "teacher_final"), optional=("teacher_cot", "teacher_steps"))
     for r in rows:
         if r["teacher_final"] not in templates.ANSWERS:
             raise InputError(dev, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")
@@ -18,13 +18,15 @@ def _dev(dev):
 
 
 def _dataset(rows, drafts=None):
-    """One row per dev question: prompt, the two choice continuations, label (index of gold)."""
+    """One row per dev question: prompt, the two choice continuations, label (index of gold),
+    and the draft's tentative answer ("none" without one), to count overrides."""
     choices = [templates.answer_completion(a) for a in templates.ANSWERS]
     out = []
     for i, r in enumerate(rows):
         draft = None if drafts is None else drafts[i]
         out.append({"question": r["question"], "prompt": templates.answer_prompt(r["question"], draft),
-                    "draft": draft or "", "choices": choices, "answer": r["teacher_final"],
+                    "draft": draft or "", "tentative": templates.parse_tentative(draft) or "none",
+                    "choices": choices, "answer": r["teacher_final"],
                     "label": templates.ANSWERS.index(r["teacher_final"])})
     return {"test": datasets.Dataset.from_list(out)}
 
@@ -57,9 +59,36 @@ def question_only(dev=DEFAULT_DEV, **_):
     return _dataset(_dev(dev))
 
 
-def own_draft(dev=DEFAULT_DEV, drafts=None, **_):
+def own_draft(dev=DEFAULT_DEV, drafts=None, conclusion="keep", **_):
+    """The model's own draft; conclusion "none" removes its tentative answer (the content alone)."""
     rows = _dev(dev)
-    return _dataset(rows, load_drafts(drafts, rows))
+    own = load_drafts(drafts, rows)
+    if conclusion == "none":
+        own = [templates.strip_tentative(d) for d in own]
+    return _dataset(rows, own)
+
+
+def teacher_draft(dev=DEFAULT_DEV, conclusion="none", shuffle=False, shuffle_seed=1234, **_):
+    """The oracle ladder: the dev split's teacher draft (teacher_cot) with no / the gold / the
+    flipped tentative answer; shuffle gives each question another question's teacher draft
+    (the same derangement as strategyqa_shuffleddraft)."""
+    rows = _dev(dev)
+    flip = {"yes": "no", "no": "yes"}
+    drafts = []
+    for r in rows:
+        if not (r.get("teacher_cot") or "").strip():
+            raise InputError(dev, r["_line"], "the oracle tasks need the teacher draft (teacher_cot)")
+        answer = {"gold": r["teacher_final"], "flipped": flip[r["teacher_final"]]}.get(conclusion)
+        drafts.append(templates.draft_text(r["teacher_cot"], answer) if answer else r["teacher_cot"].strip())
+    if shuffle:
+        drafts = [drafts[j] for j in derangement(len(rows), shuffle_seed)]
+    return _dataset(rows, drafts)
+
+
+def empty_draft(dev=DEFAULT_DEV, **_):
+    """An empty draft: "Student draft:" with nothing after it."""
+    rows = _dev(dev)
+    return _dataset(rows, [""] * len(rows))
 
 
 def shuffled_draft(dev=DEFAULT_DEV, drafts=None, shuffle_seed=1234, **_):

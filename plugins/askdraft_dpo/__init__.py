@@ -62,4 +62,6 @@ class AskDraftDPOPlugin(BasePlugin):
         trainer.drop_score = args.askdraft_drop_score
         trainer.beta_prime = args.askdraft_dr_beta_prime
         trainer.free_memory_each_step = args.askdraft_free_memory_each_step
+        trainer.length_normalize = args.askdraft_length_normalize
+        trainer.rpo_alpha = args.askdraft_rpo_alpha
         return [ScheduleCallback(trainer, args.askdraft_schedule)]

@@ -9,6 +9,8 @@
     askdraft_dr_beta_prime: 1.0        # published Dr. DPO temperature beta'
     askdraft_free_memory_each_step: true   # axolotl's gc.collect() + empty_cache() after each micro-step
     askdraft_cudnn_attention: true     # false: SDPA without its cuDNN backend while phase C trains
+    askdraft_length_normalize: false   # stabiliser: per-token mean log-probs instead of sums
+    askdraft_rpo_alpha: 0.0            # stabiliser: + alpha * NLL of the chosen completion (RPO)
 
 The last two are speed switches (recipes/profiles/dpo-fast.yaml turns both off). Axolotl's DPO
 trainer frees memory after every micro-step, which keeps an 8 GB card flat but costs a full
@@ -68,6 +70,8 @@ class AskDraftDPOArgs(BaseModel):
     askdraft_dr_beta_prime: float = Field(default=1.0, gt=0.0)
     askdraft_free_memory_each_step: bool = True
     askdraft_cudnn_attention: bool = True
+    askdraft_length_normalize: bool = False
+    askdraft_rpo_alpha: float = Field(default=0.0, ge=0.0)
 
     @model_validator(mode="before")
     @classmethod

@@ -128,3 +128,18 @@ def askdraft_loss(
         "accuracies": (chosen_rewards > rejected_rewards).float(),
     }
     return loss, stats, carry
+
+
+# ---------------------------------------------------------------- stabilisers (recipe keys)
+
+def length_normalized(logps, lengths):
+    """Mean instead of summed log-prob per completion token (askdraft_length_normalize): a
+    2-token answer and a 60-token draft are compared per token, as in SimPO / TRL's IPO."""
+    return logps / lengths.clamp(min=1)
+
+
+def rpo_nll(chosen_logps, chosen_lengths):
+    """The NLL of the chosen completion per token, averaged over pairs: RPO's term (Pang et al.
+    2024, arXiv 2404.19733; TRL's rpo_alpha), added to the DPO loss times askdraft_rpo_alpha so
+    the chosen answer's likelihood cannot fall while the margin grows."""
+    return -(chosen_logps / chosen_lengths.clamp(min=1)).mean()

@@ -15,7 +15,7 @@ from trl.trainer.utils import selective_log_softmax
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 
 from .args import SEED_SCHEDULE, entry_for_epoch
-from .losses import askdraft_loss
+from .losses import askdraft_loss, length_normalized, rpo_nll
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
@@ -47,6 +47,7 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         self.drop_fraction, self.drop_score, self.beta_prime = 0.15, "margin", 1.0
         self._drop_carry, self.schedule_epoch = 0.0, 0
         self.free_memory_each_step = True
+        self.length_normalize, self.rpo_alpha = False, 0.0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.free_memory_each_step:  # AxolotlDPOTrainer's: the step, then gc.collect() + empty_cache()
@@ -69,12 +70,20 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         else:
             ref_model = self.ref_model if self.ref_model is not None else self.model
             ref_chosen, ref_rejected = self.compute_ref_log_probs(ref_model, inputs)
+        len_chosen, len_rejected = inputs["completion_mask"][..., 1:].sum(dim=1).chunk(2, dim=0)
+        nll = rpo_nll(chosen_logps, len_chosen) if self.rpo_alpha else None
+        if self.length_normalize:
+            chosen_logps, ref_chosen = (length_normalized(t, len_chosen) for t in (chosen_logps, ref_chosen))
+            rejected_logps, ref_rejected = (length_normalized(t, len_rejected) for t in (rejected_logps, ref_rejected))
 
         loss, stats, carry = askdraft_loss(
             chosen_logps, rejected_logps, ref_chosen, ref_rejected,
             beta=self.beta, cal=self.cal, robust=self.robust, drop_fraction=self.drop_fraction,
             drop_score=self.drop_score, beta_prime=self.beta_prime, carry=self._drop_carry,
         )
+        if nll is not None:
+            loss = loss + self.rpo_alpha * nll
+            stats["nll"] = nll.detach()
         if mode == "train":
             self._drop_carry = carry
             self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
@@ -96,6 +105,8 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         m["askdraft/beta"].append(float(self.beta))
         m["askdraft/cal_shift"].append(mean(stats["cal_shift"].reshape(1)))
         m["askdraft/pairs_dropped"].append(float(stats["pairs_dropped"]))  # per micro-batch, this device
+        if "nll" in stats:
+            m["askdraft/nll_chosen"].append(mean(stats["nll"].reshape(1)))
 
 
 class ScheduleCallback(TrainerCallback):

@@ -8,8 +8,8 @@ from askdraft.io import InputError
 def main(argv=None):
     p = argparse.ArgumentParser(prog="askdraft", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    from askdraft import attribution, base_model, data, drafts, evaluate, judge, pairs, recipe, report, sft_data
-    for mod in (data, base_model, sft_data, recipe, drafts, pairs, evaluate, attribution, judge, report):
+    from askdraft import attribution, base_model, data, drafts, evaluate, judge, kfold, pairs, recipe, report, sft_data
+    for mod in (data, base_model, sft_data, recipe, drafts, pairs, evaluate, attribution, judge, report, kfold):
         mod.add_cli(sub)
     return run(p.parse_args(argv))
 

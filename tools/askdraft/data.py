@@ -3,7 +3,15 @@
 Sources, in order: a local file the user names (JSONL or JSON list, fields `question`,
 `answer` yes/no or bool, optional `rationale`), the Hugging Face Hub when reachable, else the
 StrategyQA task inside the `bigbench==1.0.0` source package on PyPI (2290 questions; the
-target's explanation after "Yes."/"No." is the offline teacher rationale).
+target's explanation after "Yes."/"No." is the explanation teacher).
+
+The teacher draft (`teacher_cot` of the cot/dev files) is, by default (`--teacher
+decomposition`), StrategyQA's own decomposition joined by normalised question text from
+data/strategyqa/decompositions.jsonl: each sub-question with its short answer from the facts
+(`teacher_steps`), rendered by prompt_templates/draft.jinja. `--teacher explanation` keeps
+bigbench's one-line explanation. `--folds K --fold F` makes fold F of a stratified K-fold split
+the dev file (the rest is train); `--val-frac` carves a stratified validation file from train
+(strategyqa_val.jsonl) that no training stage reads, for choosing settings honestly.
 """
 import json
 import random
@@ -11,6 +19,7 @@ import tarfile
 from collections import Counter
 from pathlib import Path
 
+from askdraft import REPO_ROOT, templates
 from askdraft.download import CACHE, pypi_file
 from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
 
@@ -22,7 +31,14 @@ FILES = {
     "baseline": "strategyqa_train_baseline.jsonl",
     "cot": "strategyqa_train_cot.jsonl",
     "dev": "strategyqa_dev.jsonl",
+    "val": "strategyqa_val.jsonl",
 }
+DECOMPOSITIONS = REPO_ROOT / "data" / "strategyqa" / "decompositions.jsonl"
+TEACHERS = ("decomposition", "explanation")
+STOPWORDS = set("""a an the of to in on for by with at from and or is are was were be been do does did
+have has had can could would will should what which who whom whose when where why how that this
+these those it its as than then there their they he she his her them not no yes any all more most
+much many one into about if so""".split())
 ANSWER_WORDS = {"yes": "yes", "no": "no", "true": "yes", "false": "no"}
 
 
@@ -130,6 +146,52 @@ def dedupe(records, path):
     return out, merged
 
 
+def load_decompositions(path=DECOMPOSITIONS):
+    """{normalised question: {answer, decomposition, facts, _line}} of the derived StrategyQA file;
+    the first of a repeated question is kept (the release has one question twice)."""
+    out = {}
+    for r in read_jsonl(path, required=("question", "answer", "decomposition", "facts")):
+        for k in ("decomposition", "facts"):
+            if not isinstance(r[k], list) or not r[k] or not all(isinstance(x, str) and x.strip() for x in r[k]):
+                raise InputError(path, r["_line"], f"field '{k}' must be a non-empty list of non-empty strings")
+        r["answer"] = _answer(r["answer"], path, r["_line"])
+        out.setdefault(norm_question(r["question"]), r)
+    return out
+
+
+def _words(text):
+    return {w for w in "".join(c if c.isalnum() else " " for c in text.lower()).split() if w not in STOPWORDS}
+
+
+def teacher_steps(decomposition, facts):
+    """[{q, a}]: each sub-question with the facts that answer it. Each fact goes to the
+    sub-question it shares the most content words with (ties: the sub-question at the fact's
+    own position, facts being written in the decomposition's order); a sub-question no fact
+    matches (e.g. "Is #2 greater than #1?") keeps an empty answer."""
+    answers = [[] for _ in decomposition]
+    q_words = [_words(q) for q in decomposition]
+    for j, fact in enumerate(facts):
+        f_words, own = _words(fact), min(j, len(decomposition) - 1)
+        best = max(range(len(decomposition)), key=lambda i: (len(q_words[i] & f_words), -abs(own - i)))
+        answers[best].append(fact.strip())
+    return [{"q": q.strip(), "a": " ".join(a)} for q, a in zip(decomposition, answers)]
+
+
+def join_decompositions(records, path=DECOMPOSITIONS):
+    """Each record gets `steps` from the decomposition file; a question that does not join, or
+    joins with another answer, is an error naming it."""
+    table = load_decompositions(path)
+    for r in records:
+        d = table.get(norm_question(r["question"]))
+        if d is None:
+            raise InputError(path, None, f"no decomposition for question {r['question']!r} (source {r['_line']})")
+        if d["answer"] != r["answer"]:
+            raise InputError(path, d["_line"], f"answer {d['answer']!r} disagrees with the source's "
+                             f"{r['answer']!r} for {r['question']!r}")
+        r["steps"] = teacher_steps(d["decomposition"], d["facts"])
+    return records
+
+
 def split(records, n_train, seed):
     """Stratified by answer: the dev share of yes equals the whole set's (to rounding)."""
     rng = random.Random(seed)
@@ -158,8 +220,29 @@ def check_no_leak(train_path, dev_path):
             raise InputError(dev_path, r["_line"], f"question also in {train_path}:{train[norm_question(r['question'])]}")
 
 
-def build(out_dir, source=None, n_train=2000, seed=1234, hub=True):
+def kfold_split(records, folds, fold, seed):
+    """Fold `fold` of a stratified `folds`-fold assignment (stats.kfold_assign) as dev, the rest
+    as train, both in source order."""
+    from askdraft.stats import kfold_assign
+    if not 0 <= fold < folds:
+        raise InputError("--fold", None, f"fold {fold} is not in 0..{folds - 1}")
+    assign = kfold_assign([r["answer"] for r in records], k=folds, seed=seed)
+    return ([r for r, f in zip(records, assign) if f != fold], [r for r, f in zip(records, assign) if f == fold])
+
+
+def carve_val(train, frac, seed):
+    """A stratified `frac` of train as a validation split (seeded); returns (train, val)."""
+    if frac <= 0:
+        return train, []
+    keep, val = split(train, len(train) - max(1, round(frac * len(train))), seed + 1)
+    return keep, val
+
+
+def build(out_dir, source=None, n_train=2000, seed=1234, hub=True, teacher="decomposition",
+          decompositions=DECOMPOSITIONS, folds=None, fold=None, val_frac=0.0):
     out_dir = Path(out_dir)
+    if teacher not in TEACHERS:
+        raise InputError("--teacher", None, f"unknown teacher {teacher!r}; choose from {list(TEACHERS)}")
     if source:
         records, origin = load_local(source), str(source)
     elif hub and hub_reachable():
@@ -169,19 +252,38 @@ def build(out_dir, source=None, n_train=2000, seed=1234, hub=True):
         origin = f"pypi:bigbench==1.0.0:{TASK_MEMBER}"
         source = cached
     records, merged = dedupe(records, source or origin)
-    missing = [r["_line"] for r in records if not r["rationale"]]
-    if missing:
-        raise InputError(source or origin, missing[0], "no rationale (teacher_cot) for this question")
-    train, dev = split(records, n_train, seed)
-    assert not {norm_question(r["question"]) for r in train} & {norm_question(r["question"]) for r in dev}
+    if teacher == "decomposition":
+        join_decompositions(records, decompositions)
+    else:
+        missing = [r["_line"] for r in records if not r["rationale"]]
+        if missing:
+            raise InputError(source or origin, missing[0], "no rationale (teacher_cot) for this question")
+    if folds:
+        train, dev = kfold_split(records, folds, fold, seed)
+    else:
+        train, dev = split(records, n_train, seed)
+    train, val = carve_val(train, val_frac, seed)
+    assert not {norm_question(r["question"]) for r in train} & {norm_question(r["question"]) for r in dev + val}
+
     def cot(r):
-        return {"question": r["question"], "teacher_cot": r["rationale"], "teacher_final": r["answer"]}
+        if teacher == "explanation":
+            return {"question": r["question"], "teacher_cot": r["rationale"], "teacher_final": r["answer"]}
+        return {"question": r["question"], "teacher_cot": templates.teacher_draft(r["steps"]),
+                "teacher_final": r["answer"], "teacher_steps": r["steps"]}
+    splits = [("baseline", train), ("cot", train), ("dev", dev)] + ([("val", val)] if val else [])
+    if not val:  # a stale val file of an earlier build would pass for this one's
+        (out_dir / FILES["val"]).unlink(missing_ok=True)
     write_jsonl(out_dir / FILES["baseline"], [{"question": r["question"], "teacher_final": r["answer"]} for r in train])
     write_jsonl(out_dir / FILES["cot"], [cot(r) for r in train])
     write_jsonl(out_dir / FILES["dev"], [cot(r) for r in dev])
+    if val:
+        write_jsonl(out_dir / FILES["val"], [cot(r) for r in val])
     manifest = {"source": origin, "seed": seed, "n_source": len(records) + merged,
-                "exact_duplicates_merged": merged, "splits": {}}
-    for name, rows in (("baseline", train), ("cot", train), ("dev", dev)):
+                "exact_duplicates_merged": merged, "teacher": teacher,
+                "decompositions": str(decompositions) if teacher == "decomposition" else None,
+                "decompositions_sha256": sha256_file(decompositions) if teacher == "decomposition" else None,
+                "folds": folds, "fold": fold, "val_frac": val_frac, "splits": {}}
+    for name, rows in splits:
         yes = Counter(r["answer"] for r in rows)["yes"]
         manifest["splits"][FILES[name]] = {"rows": len(rows), "yes": yes, "yes_share": round(yes / len(rows), 4),
                                            "sha256": sha256_file(out_dir / FILES[name])}
@@ -190,8 +292,10 @@ def build(out_dir, source=None, n_train=2000, seed=1234, hub=True):
 
 
 def cmd(args):
-    m = build(args.out, source=args.source, n_train=args.n_train, seed=args.seed, hub=not args.no_hub)
-    print(f"source: {m['source']} ({m['n_source']} rows, {m['exact_duplicates_merged']} exact duplicates merged)")
+    m = build(args.out, source=args.source, n_train=args.n_train, seed=args.seed, hub=not args.no_hub,
+              teacher=args.teacher, folds=args.folds, fold=args.fold, val_frac=args.val_frac)
+    print(f"source: {m['source']} ({m['n_source']} rows, {m['exact_duplicates_merged']} exact duplicates merged); "
+          f"teacher: {m['teacher']}" + (f"; fold {m['fold']} of {m['folds']}" if m["folds"] else ""))
     for name, s in m["splits"].items():
         print(f"{name:36s} {s['rows']:5d} rows  yes {s['yes']:5d} ({100 * s['yes_share']:.1f} %)  sha256 {s['sha256'][:12]}")
 
@@ -203,4 +307,11 @@ def add_cli(sub):
     p.add_argument("--n-train", type=int, default=2000)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--no-hub", action="store_true", help="skip the Hugging Face Hub even if reachable")
+    p.add_argument("--teacher", choices=TEACHERS, default="decomposition",
+                   help="teacher draft: StrategyQA's sub-questions with answers from its facts (default), "
+                        "or bigbench's one-line explanation")
+    p.add_argument("--folds", type=int, help="K: a stratified K-fold split; --fold F is dev (--n-train is ignored)")
+    p.add_argument("--fold", type=int, default=0)
+    p.add_argument("--val-frac", type=float, default=0.0,
+                   help="share of train held out as strategyqa_val.jsonl (for choosing settings; no stage trains on it)")
     p.set_defaults(func=cmd)

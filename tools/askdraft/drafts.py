@@ -19,7 +19,7 @@ from askdraft import templates
 from askdraft.data import FILES
 from askdraft.io import InputError, atomic_open, dumps, read_jsonl, write_json, write_jsonl
 
-SPLITS = {"train": FILES["cot"], "dev": FILES["dev"]}
+SPLITS = {"train": FILES["cot"], "dev": FILES["dev"], "val": FILES["val"]}
 FIELDS = ("question", "draft", "tentative", "answer")
 
 
@@ -108,7 +108,7 @@ def draft_split(split_file, out, model_fn, batch_size=16, limit=None, **gen):
     """Write `out` for the questions of `split_file`; model_fn() loads the model on first need."""
     from tqdm import tqdm
 
-    rows = read_jsonl(split_file, required=("question", "teacher_final"), optional=("teacher_cot",))
+    rows = read_jsonl(split_file, required=("question", "teacher_final"), optional=("teacher_cot", "teacher_steps"))
     for r in rows:
         if r["teacher_final"] not in templates.ANSWERS:
             raise InputError(split_file, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")

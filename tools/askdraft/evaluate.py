@@ -27,6 +27,10 @@ from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_j
 
 ABLATIONS = {"draft": "strategyqa_draft", "nodraft": "strategyqa_nodraft",
              "shuffled": "strategyqa_shuffleddraft"}
+NOCONCLUSION = "strategyqa_draft_noconclusion"  # own draft, tentative answer removed
+ORACLE = {"teacher_noconclusion": "strategyqa_teacher_noconclusion", "teacher_gold": "strategyqa_teacher_gold",
+          "teacher_flipped": "strategyqa_teacher_flipped", "teacher_shuffled": "strategyqa_teacher_shuffled",
+          "empty": "strategyqa_emptydraft"}
 HEADLINE = ("strategyqa_draft", "strategyqa")  # a stage's accuracy: the first task it ran
 STAGE_ORDER = ("base", "A", "B", "C", "SG")
 STAGE_DIFFS = (("C", "A"), ("B", "A"))
@@ -48,8 +52,18 @@ def now():
 def device_and_dtype():
     import torch
     if torch.cuda.is_available():
-        return "cuda", "bfloat16", f"cuda ({torch.cuda.get_device_name()})"
-    return "cpu", "float32", "cpu"
+        return "cuda", f"cuda ({torch.cuda.get_device_name()})"
+    return "cpu", "cpu"
+
+
+def float32_head(model):
+    """Score in float32 at the output: the LM head's weights and input in float32, so the two
+    choices' log-likelihoods do not tie (bf16 logits tied 13-31 times in 289 questions, and
+    lm-eval scores a tie as the first choice, "yes")."""
+    import torch
+    head = model.get_output_embeddings()
+    head.float()
+    head.register_forward_pre_hook(lambda _m, args: tuple(a.float() if torch.is_tensor(a) else a for a in args))
 
 
 def per_question(samples, task):
@@ -66,6 +80,9 @@ def per_question(samples, task):
             lls = [float(r[0]) for r in s["filtered_resps"]]
             row["pred"] = ("yes", "no")[max(range(len(lls)), key=lls.__getitem__)]
             row["loglik"] = dict(zip(("yes", "no"), lls))
+            row["tie"] = int(lls[0] == lls[1])
+            if doc.get("draft"):
+                row["tentative"] = doc["tentative"]
         else:  # generative: the filtered answer and the raw text
             row["pred"], row["response"] = s["filtered_resps"][0], s["resps"][0][0]
         rows.append(row)
@@ -73,7 +90,8 @@ def per_question(samples, task):
 
 
 def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFAULT_DEV,
-             limit=None, results="results", batch_size=8, shuffle_seed=1234, force=False):
+             limit=None, results="results", batch_size=8, shuffle_seed=1234, force=False,
+             dtype="float32"):
     """Run the missing tasks of one stage in one lm-eval call; returns {task: acc}."""
     def done(task):
         return not force and eval_paths(results, model_name, stage, task)[1].exists()
@@ -103,9 +121,11 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
     todo = {name: task for name, task in leaves.items() if not done(name)}
     if not todo:
         return {}
-    device, dtype, device_name = device_and_dtype()
+    device, device_name = device_and_dtype()
     lm = HFLM(pretrained=str(base), peft=adapter and str(adapter), dtype=dtype, device=device,
               batch_size=batch_size)
+    if dtype != "float32":
+        float32_head(lm.model)
     started, t0 = now(), time.time()
     out = lm_eval.simple_evaluate(model=lm, tasks=list(todo.values()),
                                   log_samples=True, task_manager=manager)
@@ -120,7 +140,7 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
             raise RuntimeError(f"{task}: per-question mean {mean} != lm-eval's {metric} {acc}")
         meta = {"model": model_name, "stage": stage, "task": task, "metric": metric,
                 "filter": filt, "acc": acc, "acc_stderr": agg.get(f"{metric}_stderr,{filt}"),
-                "n": len(rows), "limit": limit, "base": str(base),
+                "n": len(rows), "ties": sum(r.get("tie", 0) for r in rows), "limit": limit, "base": str(base),
                 "adapter": adapter and str(adapter), "dev": str(dev),
                 "dev_sha256": sha256_file(dev), "drafts": drafts and str(drafts),
                 "drafts_sha256": drafts and sha256_file(drafts), "shuffle_seed": shuffle_seed,
@@ -156,7 +176,23 @@ def load_evals(results, model):
         jsonl = eval_paths(results, model, meta["stage"], meta["task"])[0]
         rows = read_jsonl(jsonl, required=("question", "correct"), allow_extra=True)
         evals[meta["stage"], meta["task"]] = (meta, {r["question"]: r["correct"] for r in rows})
+        meta["_rows"] = rows
     return evals
+
+
+def overrides(rows):
+    """How the final answer treats the draft's tentative answer: of the questions whose
+    tentative answer is wrong, the share answered right (overridden); of those whose tentative
+    answer is right, the share kept right; and how often the final answer equals the tentative."""
+    parsed = [r for r in rows if r.get("tentative") in ("yes", "no")]
+    wrong = [r for r in parsed if r["tentative"] != r["answer"]]
+    right = [r for r in parsed if r["tentative"] == r["answer"]]
+    def share(rs, key):
+        return {"share": round(sum(key(r) for r in rs) / len(rs), 4) if rs else None, "n": len(rs)}
+    return {"overrides_wrong_tentative": share(wrong, lambda r: r["correct"]),
+            "keeps_right_tentative": share(right, lambda r: r["correct"]),
+            "final_equals_tentative": share(parsed, lambda r: r["pred"] == r["tentative"]),
+            "unparsed_tentative": len(rows) - len(parsed)}
 
 
 def stage_key(stage):
@@ -245,15 +281,21 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
     if ablation_stage is None:
         full = [s for s, _ in evals if all((s, t) in evals for t in ABLATIONS.values())]
         ablation_stage = max(full, key=stage_key) if full else None
-    abl = {k: None for k in (*ABLATIONS, "draft_minus_nodraft", "draft_minus_shuffled")}
+    abl = {k: None for k in (*ABLATIONS, "noconclusion", "draft_minus_nodraft", "draft_minus_shuffled",
+                             "noconclusion_minus_nodraft", "overrides")}
     if ablation_stage is not None:
-        c = {k: evals[ablation_stage, t][1] for k, t in ABLATIONS.items() if (ablation_stage, t) in evals}
+        tasks = {**ABLATIONS, "noconclusion": NOCONCLUSION}
+        c = {k: evals[ablation_stage, t][1] for k, t in tasks.items() if (ablation_stage, t) in evals}
         abl.update({k: acc_entry(v) for k, v in c.items()})
-        for other in ("nodraft", "shuffled"):
-            if "draft" in c and other in c:
-                abl[f"draft_minus_{other}"] = paired(c["draft"], c[other])
+        for one, other in (("draft", "nodraft"), ("draft", "shuffled"), ("noconclusion", "nodraft")):
+            if one in c and other in c:
+                abl[f"{one}_minus_{other}"] = paired(c[one], c[other])
+        if "draft" in c:
+            abl["overrides"] = overrides(evals[ablation_stage, ABLATIONS["draft"]][0]["_rows"])
     for s1, s2 in STAGE_DIFFS:
         abl[f"{s1}_minus_{s2}"] = paired(stages[s1], stages[s2]) if s1 in stages and s2 in stages else None
+    oracle = oracle_ladder(evals)
+    ties = {f"{s}.{t}": m.get("ties") for (s, t), (m, _) in evals.items() if m.get("ties")}
     attribution_dir = Path(attribution_dir or root / "attribution")
     prov = provenance(evals, wall_times or _read_wall_times(root), data_dir)
     prov.update(stage_tasks=stage_tasks, ablation_stage=ablation_stage)
@@ -262,12 +304,30 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
         "commit": prov["git_commit"],
         "stages": {s: acc_entry(c) for s, c in stages.items()},
         "ablations": abl,
+        "oracle": oracle,
+        "ties": ties,
         "attribution_draft_share": {w: attribution_share(attribution_dir / f"{w}.json", root)
                                     for w in ("before_dpo", "after_dpo")},
         "judge": judge_entry(Path(judge or root / "judge.json"), root),
         "provenance": prov}
     write_json(root / "summary.json", summary)
     return summary
+
+
+def oracle_ladder(evals):
+    """The teacher-draft ladder on the (last) stage that ran it, each rung's accuracy and its
+    difference from the same stage's no-draft accuracy."""
+    ran = [s for s, t in evals if t == ORACLE["teacher_noconclusion"]]
+    if not ran:
+        return None
+    stage = max(ran, key=stage_key)
+    nodraft = next((evals[stage, t][1] for t in (ABLATIONS["nodraft"], "strategyqa") if (stage, t) in evals), None)
+    out = {"stage": stage}
+    for k, t in ORACLE.items():
+        if (stage, t) in evals:
+            c = evals[stage, t][1]
+            out[k] = {**acc_entry(c), "minus_nodraft": paired(c, nodraft) if nodraft else None}
+    return out
 
 
 def _read_wall_times(root):
@@ -293,6 +353,8 @@ def add_cli(sub):
     p.add_argument("--shuffle-seed", type=int, default=1234)
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--force", action="store_true", help="re-run tasks that already have results")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="model weights (default float32); the LM head scores in float32 either way")
     p.set_defaults(func=_evaluate_cmd)
 
     p = sub.add_parser("summarize", help="pool the evaluations into results/<model>/summary.json")
@@ -308,7 +370,7 @@ def add_cli(sub):
 
 def _evaluate_cmd(a):
     evaluate(a.model_name, a.stage, a.base, a.tasks, a.adapter, a.drafts, a.dev, a.limit,
-             a.results, a.batch_size, a.shuffle_seed, a.force)
+             a.results, a.batch_size, a.shuffle_seed, a.force, a.dtype)
     return 0
 
 

@@ -11,6 +11,12 @@ after retries with exponential back-off) or an unusable answer (no JSON verdict 
 marks only its question as failed; neither is cached, so the next run retries them. The API key
 comes only from the environment and is never logged or written.
 
+`--mode letter` (the constrained mode, for small local judges that never write the JSON) asks
+for one letter, A or B, with at most a few tokens; where the server returns log-probs (vLLM,
+OpenAI) the verdict is the likelier of the two letters among the first token's top log-probs,
+else the first standalone A or B of the reply. A small model's letter verdict is a pipeline
+check, not a measurement of question quality.
+
 `--serve MODEL_DIR` starts `transformers serve MODEL_DIR` on a free localhost port for the
 duration of the run and judges with it (e.g. the embedded model as its own judge: a pipeline
 check, not a measurement of question quality).
@@ -29,6 +35,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import re
+
 import openai
 from tqdm import tqdm
 
@@ -38,6 +46,8 @@ from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_j
 ORDERS = ("12", "21")            # "12": model 1's draft is A; "21": model 1's draft is B
 PLACEHOLDER_KEY = "no-key-needed"  # sent to servers that need no key (vLLM, transformers serve)
 RETRY_STATUS = {408, 409, 429}     # plus every 5xx
+MODES = ("json", "letter")
+LETTER_RE = re.compile(r"\b(A|B)\b")
 
 
 class JudgeError(RuntimeError):
@@ -72,8 +82,8 @@ def match_drafts(path_1, path_2, limit=None):
     return items[:limit] if limit else items
 
 
-def judge_messages(question, draft_a, draft_b):
-    v = dict(question=question, draft_a=draft_a, draft_b=draft_b)
+def judge_messages(question, draft_a, draft_b, letter=False):
+    v = dict(question=question, draft_a=draft_a, draft_b=draft_b, letter=letter)
     return [{"role": "system", "content": templates.render("judge.jinja", "system", **v)},
             {"role": "user", "content": templates.render("judge.jinja", "user", **v)}]
 
@@ -99,6 +109,35 @@ def parse_verdict(text):
     raise ValueError(f"no JSON object with a 'winner' field in the answer: {(text or '')[:200]!r}")
 
 
+def letter_content(resp):
+    """The letter mode's answer as JSON text: the reply and, where the server sent them, the
+    log-probs of "A" and "B" among the first token's top log-probs."""
+    choice = resp.choices[0]
+    found = {}
+    tokens = getattr(getattr(choice, "logprobs", None), "content", None) or []
+    for t in (tokens[0].top_logprobs or []) if tokens else []:
+        letter = t.token.strip().upper()
+        if letter in ("A", "B") and letter not in found:
+            found[letter] = t.logprob
+    if choice.message.content is None and not found:
+        return None
+    return json.dumps({"text": choice.message.content, "logprobs": found})
+
+
+def parse_letter(content):
+    """("A" | "B", how) from letter_content's JSON: the likelier letter by log-prob, else the
+    first standalone A or B of the reply. ValueError if neither."""
+    obj = json.loads(content)
+    lp = obj.get("logprobs") or {}
+    if lp:
+        winner = max(lp, key=lp.get)
+        return winner, "log-probs " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(lp.items()))
+    m = LETTER_RE.search(obj.get("text") or "")
+    if not m:
+        raise ValueError(f"no A or B in the answer: {(obj.get('text') or '')[:100]!r}")
+    return m.group(1), "reply text"
+
+
 def combine(verdict_12, verdict_21):
     """Outcome for model 1 from the verdicts of both orders: "win" only if both prefer it,
     "loss" only if both prefer model 2, else "tie"."""
@@ -116,10 +155,15 @@ class Judge:
     """One judge model behind an OpenAI-compatible endpoint, with a disk cache and retries."""
 
     def __init__(self, base_url, model, api_key, cache_dir, timeout=60.0, retries=3,
-                 backoff=1.0, max_tokens=256, temperature=0.0, max_consecutive_failures=10):
+                 backoff=1.0, max_tokens=256, temperature=0.0, max_consecutive_failures=10, mode="json"):
+        if mode not in MODES:
+            raise JudgeError(f"unknown judge mode {mode!r}; choose from {list(MODES)}")
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=0)
-        self.model, self.cache_dir, self._key = model, Path(cache_dir), api_key
+        self.model, self.cache_dir, self._key, self.mode = model, Path(cache_dir), api_key, mode
         self.params = {"temperature": temperature, "max_tokens": max_tokens}
+        if mode == "letter":
+            self.params.update(max_tokens=min(max_tokens, 4), logprobs=True, top_logprobs=5)
+        self.parse = parse_letter if mode == "letter" else parse_verdict
         self.retries, self.backoff = retries, backoff
         self.max_consecutive_failures = max_consecutive_failures
         self._failures, self._lock, self.gave_up = 0, threading.Lock(), threading.Event()
@@ -138,7 +182,7 @@ class Judge:
                "winner": None, "reason": None, "error": None}
         try:
             content = json.loads(path.read_text(encoding="utf-8"))["content"]
-            rec.update(zip(("winner", "reason"), parse_verdict(content)), content=content, cached=True)
+            rec.update(zip(("winner", "reason"), self.parse(content)), content=content, cached=True)
             return rec
         except (FileNotFoundError, json.JSONDecodeError, KeyError, ValueError):
             pass
@@ -149,7 +193,12 @@ class Judge:
             rec["attempts"] = attempt + 1
             try:
                 resp = self.client.chat.completions.create(model=self.model, messages=messages, **self.params)
-                rec["content"] = resp.choices[0].message.content if resp.choices else None
+                if not resp.choices:
+                    rec["content"] = None
+                elif self.mode == "letter":
+                    rec["content"] = letter_content(resp)
+                else:
+                    rec["content"] = resp.choices[0].message.content
                 if rec["content"] is None:
                     raise ValueError("response has no message content")
                 rec["error"] = None
@@ -168,7 +217,7 @@ class Judge:
                 self.gave_up.set()
         if rec["content"] is not None:
             try:
-                rec["winner"], rec["reason"] = parse_verdict(rec["content"])
+                rec["winner"], rec["reason"] = self.parse(rec["content"])
             except ValueError as e:
                 rec["error"] = f"bad answer: {e}"
                 return rec
@@ -191,7 +240,7 @@ def run(items, judge, concurrency=4, name_1="model_1", name_2="model_2"):
     for i, (question, d1, d2) in enumerate(items):
         for order in ORDERS:
             a, b = (d1, d2) if order == "12" else (d2, d1)
-            tasks.append((i, order, judge_messages(question, a, b)))
+            tasks.append((i, order, judge_messages(question, a, b, letter=judge.mode == "letter")))
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
             tqdm(total=len(tasks), desc=f"judge {name_1} vs {name_2}", unit="call") as bar:
         def one(task):
@@ -234,7 +283,10 @@ def judge_files(drafts_1, drafts_2, out, judge, name_1, name_2, base_url, calls_
     """The whole `askdraft judge` stage; writes the results JSON and the per-call JSONL."""
     items = match_drafts(drafts_1, drafts_2, limit)
     per_question, calls = run(items, judge, concurrency, name_1, name_2)
-    results = {"judge_model": judge.model, "base_url": base_url, "name_a": name_1, "name_b": name_2,
+    results = {"judge_model": judge.model, "base_url": base_url, "mode": judge.mode,
+               "note": ("a small local judge's letter verdicts: a pipeline check, not a measurement of "
+                        "question quality") if judge.mode == "letter" else None,
+               "name_a": name_1, "name_b": name_2,
                "drafts_a": str(drafts_1), "drafts_b": str(drafts_2),
                "drafts_a_sha256": sha256_file(drafts_1), "drafts_b_sha256": sha256_file(drafts_2),
                "params": judge.params, "questions": len(items), **summarize(per_question)}
@@ -315,6 +367,8 @@ def add_cli(sub):
     p.add_argument("--concurrency", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--mode", choices=MODES, default="json",
+                   help="json: a JSON verdict with a reason; letter: one letter A/B (small local judges)")
     p.add_argument("--max-consecutive-failures", type=int, default=10,
                    help="stop calling after this many failed calls in a row (0: never)")
     p.set_defaults(func=cmd)
@@ -339,7 +393,8 @@ def cmd(args):
               else contextlib.nullcontext(args.base_url)) as base_url:
             key = api_key(args.api_key_env, base_url)
             judge = Judge(base_url, model, key, args.cache_dir, args.timeout, args.retries,
-                          args.backoff, args.max_tokens, args.temperature, args.max_consecutive_failures)
+                          args.backoff, args.max_tokens, args.temperature, args.max_consecutive_failures,
+                          args.mode)
             r = judge_files(args.drafts_a, args.drafts_b, out, judge, name_1, name_2, base_url,
                             args.calls_out, args.limit, args.concurrency)
     except JudgeError as e:

@@ -31,7 +31,7 @@ DROP_REASONS = ("empty_draft", "unparsed", "too_long")
 def load_gold(path):
     """{question: "yes"|"no"} from a split file (data/strategyqa_{train_cot,dev}.jsonl)."""
     gold = {}
-    for r in read_jsonl(path, required=("question", "teacher_final"), optional=("teacher_cot",)):
+    for r in read_jsonl(path, required=("question", "teacher_final"), optional=("teacher_cot", "teacher_steps")):
         if r["teacher_final"] not in templates.ANSWERS:
             raise InputError(path, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")
         gold[r["question"]] = r["teacher_final"]

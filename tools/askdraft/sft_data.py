@@ -5,7 +5,8 @@ axolotl tokenises segments as they are (no chat template, no special tokens adde
 trains on the labelled one only, so the prompt is byte-for-byte what lm-eval scores.
 BOS (when the tokenizer adds one) and EOS are written as text; they tokenise to the
 special ids. Phase B rows over the length limit get their rationale shortened, never the
-answer, and the count is reported.
+answer, and the count is reported: a decomposition draft keeps every sub-question and cuts the
+sub-answers (shorten_steps), an explanation is cut to a word prefix (shorten_rationale).
 """
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def _labels(path, rows):
 
 
 def phase_a_rows(path, tok):
-    rows = read_jsonl(path, required=("question", "teacher_final"), optional=("teacher_cot",))
+    rows = read_jsonl(path, required=("question", "teacher_final"), optional=("teacher_cot", "teacher_steps"))
     _labels(path, rows)
     bos, eos = special_texts(tok)
     return [row(templates.answer_prompt(r["question"]), templates.answer_completion(r["teacher_final"]), bos, eos)
@@ -66,13 +67,42 @@ def shorten_rationale(tok, question, rationale, answer, max_len, bos, eos):
     return " ".join(words[:lo]), True
 
 
+def shorten_steps(tok, question, steps, answer, max_len, bos, eos):
+    """The teacher draft of `steps` with every sub-answer cut to the largest common number of
+    words (never a sub-question) that lets the whole row fit max_len tokens; then, if the
+    questions alone are too long, the trailing sub-questions go (the first always stays)."""
+    def text(cap, n=len(steps)):
+        return templates.teacher_draft([{"q": s["q"], "a": " ".join(s["a"].split()[:cap])} for s in steps[:n]])
+
+    def length(rat):
+        r = row(templates.draft_prompt(question), templates.draft_completion(rat, answer), bos, eos)
+        return sum(len(tok(s["text"], add_special_tokens=False).input_ids) for s in r["segments"])
+    longest = max(len(s["a"].split()) for s in steps)
+    if length(text(longest)) <= max_len:
+        return text(longest), False
+    lo, hi = 0, longest  # binary search on the word cap
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if length(text(mid)) <= max_len:
+            lo = mid
+        else:
+            hi = mid - 1
+    for n in range(len(steps), 0, -1):
+        if length(text(lo, n)) <= max_len:
+            return text(lo, n), True
+    return None, True
+
+
 def phase_b_rows(path, tok, max_len):
-    rows = read_jsonl(path, required=("question", "teacher_cot", "teacher_final"))
+    rows = read_jsonl(path, required=("question", "teacher_cot", "teacher_final"), optional=("teacher_steps",))
     _labels(path, rows)
     bos, eos = special_texts(tok)
     out, shortened, dropped = [], 0, []
     for r in rows:
-        rat, cut = shorten_rationale(tok, r["question"], r["teacher_cot"], r["teacher_final"], max_len, bos, eos)
+        if r.get("teacher_steps"):
+            rat, cut = shorten_steps(tok, r["question"], r["teacher_steps"], r["teacher_final"], max_len, bos, eos)
+        else:
+            rat, cut = shorten_rationale(tok, r["question"], r["teacher_cot"], r["teacher_final"], max_len, bos, eos)
         if rat is None:
             dropped.append(r["_line"])
             continue
@@ -85,7 +115,8 @@ def build(data_dir, base, out_dir=None, max_len=128, limit=None):
     data_dir = Path(data_dir)
     out_dir = Path(out_dir or data_dir / "sft")
     tok = load_tokenizer(base)
-    check_no_leak(data_dir / FILES["cot"], data_dir / FILES["dev"])
+    for train in (FILES["cot"], FILES["baseline"]):
+        check_no_leak(data_dir / train, data_dir / FILES["dev"])
     a = phase_a_rows(data_dir / FILES["baseline"], tok)[:limit]
     b, shortened, dropped = phase_b_rows(data_dir / FILES["cot"], tok, max_len)
     b = b[:limit]

@@ -50,6 +50,11 @@ def draft_completion(rationale, answer):
     return render("draft.jinja", "completion", question="", rationale=rationale, answer=answer)
 
 
+def teacher_draft(steps):
+    """The teacher draft's body: one "Q: sub-question A: short answer" line per step."""
+    return render("draft.jinja", "steps", question="", steps=steps)
+
+
 def draft_text(rationale, answer):
     """The draft part of phase B's target (rationale + tentative answer), without the final."""
     return render("draft.jinja", "draft", question="", rationale=rationale, answer=answer).strip()
@@ -59,6 +64,11 @@ def parse_tentative(draft):
     """The draft's tentative yes/no (its last one), or None if it states none."""
     found = TENTATIVE_RE.findall(draft or "")
     return found[-1].lower() if found else None
+
+
+def strip_tentative(draft):
+    """The draft without its tentative conclusion(s): the content alone."""
+    return TENTATIVE_RE.sub("", draft or "").strip()
 
 
 def flip_tentative(draft):
