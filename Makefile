@@ -169,10 +169,10 @@ $(RESULTS)/evals/SG.strategyqa_draft.json: $(SG_LAST)/ROUND.json
 # never on dev (make kfold compares candidates with this)
 val-c: results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json
 results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json: $(DPO)/adapter_model.safetensors
-	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME) --splits val --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME)_val --splits val --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
 	$(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --results results/val --batch-size $(EVAL_BATCH) $(EVAL_LIMIT) \
 	  --stage C --base $(MERGED) --adapter $(DPO) --dev data/strategyqa_val.jsonl \
-	  --drafts data/drafts/$(DPO_NAME)/val.jsonl --tasks strategyqa_draft,strategyqa_nodraft
+	  --drafts data/drafts/$(DPO_NAME)_val/val.jsonl --tasks strategyqa_draft,strategyqa_nodraft
 
 # evaluation: lm-eval per stage (each writes results/<model>/evals/<stage>.<task>.jsonl and skips if done)
 ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft,strategyqa_draft_noconclusion

@@ -138,3 +138,13 @@ def test_bad_mode_is_an_error():
 def test_recipe_keys_are_validated(bad, msg):
     with pytest.raises(ValueError, match=msg):
         AskDraftDPOArgs(**bad)
+
+
+def test_stabilisers_by_hand():
+    from askdraft_dpo.losses import length_normalized, rpo_nll
+    logps, lengths = torch.tensor([-6.0, -2.0, -9.0]), torch.tensor([3, 1, 0])
+    assert length_normalized(logps, lengths).tolist() == [-2.0, -2.0, -9.0]  # an empty completion counts 1
+    assert rpo_nll(logps, lengths).item() == pytest.approx((2.0 + 2.0 + 9.0) / 3)
+    assert AskDraftDPOArgs(askdraft_rpo_alpha=0.5, askdraft_length_normalize=True).askdraft_rpo_alpha == 0.5
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
+        AskDraftDPOArgs(askdraft_rpo_alpha=-1.0)

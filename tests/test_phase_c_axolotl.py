@@ -165,3 +165,28 @@ def test_speed_switches(tiny_llama_dir, tmp_path, monkeypatch, fast):
     assert len(collected_in_step) == (0 if fast else 2)  # 8 pairs, 4 a step
     assert cudnn_set == ([(False, True), (True, False)] if fast else [])
     assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_stabiliser_keys_reach_the_loss(tiny_llama_dir, tmp_path, monkeypatch):
+    """askdraft_length_normalize + askdraft_rpo_alpha in a real axolotl DPO run in this process: the
+    logged chosen log-prob is per token, and the NLL term logged beside it is exactly its negative."""
+    from axolotl.cli.main import cli
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(8)))
+    datasets = yaml.safe_load((REPO / "recipes/phase_c.yaml").read_text())["datasets"]
+    datasets[0]["path"] = str(data)
+    recipe = _recipe(tiny_llama_dir, tmp_path, datasets=datasets, num_epochs=1, gradient_accumulation_steps=1,
+                     askdraft_schedule=[{"epochs": [1, 1], "beta": 0.1}], save_strategy="epoch",
+                     askdraft_length_normalize=True, askdraft_rpo_alpha=1.0)
+    monkeypatch.setenv("AXOLOTL_DO_NOT_TRACK", "1")
+    monkeypatch.chdir(tmp_path)
+    cli.main(args=["train", str(recipe), "--launcher", "python"], prog_name="axolotl", standalone_mode=False)
+    state = sorted((tmp_path / "out").glob("checkpoint-*/trainer_state.json"))[-1]
+    logs = [e for e in json.loads(state.read_text())["log_history"] if "askdraft/nll_chosen" in e]
+    assert len(logs) == 2
+    for e in logs:
+        assert e["askdraft/nll_chosen"] == pytest.approx(-e["logps/chosen"], rel=1e-5)
+    # per token: a chosen " yes"/" no" (+ EOS) is 2-3 tokens, so its mean log-prob is far above the
+    # summed log-prob of a 20-token rejected draft's
+    assert logs[0]["logps/chosen"] > -15 and logs[0]["rewards/margins"] == 0
