@@ -70,7 +70,7 @@ SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
 DRAFT_TOKENS ?= $(or $(DRAFT_TOKENS_$(PROFILE)),128)
 DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) --max-new-tokens $(DRAFT_TOKENS)
 # smoke: no generative strategyqa_cot (128 new tokens a question would double its eval time)
-COT_TASK := $(if $(filter smoke,$(PROFILE)),,strategyqa_cot,)
+COT_TASK ?= $(if $(filter smoke,$(PROFILE)),,strategyqa_cot,)
 EVAL_LIMIT := $(if $(EVAL_LIMIT_$(PROFILE)),--limit $(EVAL_LIMIT_$(PROFILE)),)
 MERGED := models/cot_phaseB/merged
 RESULTS := results/$(MODEL_NAME)
