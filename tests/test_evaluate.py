@@ -319,7 +319,7 @@ def test_report_and_notebook_on_real_results(evaluated):
     s = json.loads((root / "summary.json").read_text())
     assert f"{100 * s['stages']['C']['accuracy']:.1f} %" in md and s["commit"] in md
     outputs = execute_notebook("smol", evaluated)
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3  # stages, ablations, oracle
     text = "".join(o.get("data", {}).get("text/markdown", "") for o in outputs)
     assert "draft − nodraft" in text and "not run" in text
 

@@ -61,6 +61,8 @@ def test_pool_concatenates_folds_and_recomputes_the_statistics(tmp_path):
     assert s["kfold"]["selection"]["1"]["chosen"] == "draft-rpo"
     assert s["kfold"]["validation_pooled"] == {"answer-rpo": 0.55, "draft-rpo": 0.5}
     assert json.loads((tmp_path / "results" / "pooled" / "selection.json").read_text()) == s["kfold"]
+    md = (tmp_path / "results" / "pooled" / "report.md").read_text()
+    assert "| pooled | 55.0 % | 50.0 % |  |" in md and "draft − nodraft" in md
 
 
 def test_fold_folder_runs_the_repo_makefile_on_its_own_files(tmp_path, smollm2_dir):

@@ -26,6 +26,7 @@ from pathlib import Path
 from askdraft import REPO_ROOT, data, git_commit, stats
 from askdraft.evaluate import eval_paths, summarize
 from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
+from askdraft.report import write_report
 
 # name: (pair mode, phase C recipe profiles); "seed" is the seed's settings unchanged
 CANDIDATES = {"seed": ("draft", ""), "answer-rpo": ("answer", "c-answer-rpo"),
@@ -170,6 +171,7 @@ def pool(root, folds, model, out, selections):
         "stage_wall_s_per_fold": walls}
     write_json(out / "summary.json", summary)
     write_json(out / "selection.json", summary["kfold"])
+    write_report(out.name, out.parent)
     return summary
 
 

@@ -99,13 +99,71 @@ def diff_table(diffs):
 def ablations_md(s):
     a, stage = s["ablations"], s["provenance"].get("ablation_stage")
     tasks = {"draft": "strategyqa_draft", "nodraft": "strategyqa_nodraft",
-             "shuffled": "strategyqa_shuffleddraft"}
+             "shuffled": "strategyqa_shuffleddraft", "noconclusion": "strategyqa_draft_noconclusion"}
     rows = [(k, NOT_RUN, "", "", "") if a.get(k) is None else
             (k, pct(a[k]["accuracy"]), ci(a[k]), a[k].get("n", ""), eval_source(s, f"{stage}.{t}"))
             for k, t in tasks.items()]
-    head = f"Stage **{stage or NOT_RUN}** with its own draft, no draft, another question's draft.\n\n"
-    diffs = [(k.replace("_minus_", " − "), a.get(k)) for k in ("draft_minus_nodraft", "draft_minus_shuffled")]
-    return head + table(("prompt", "accuracy", "95 % CI", "n", "source"), rows) + "\n\n" + diff_table(diffs)
+    head = (f"Stage **{stage or NOT_RUN}** with its own draft, no draft, another question's draft, and its "
+            "own draft without the tentative answer (noconclusion: do the questions help?).\n\n")
+    diffs = [(k.replace("_minus_", " − "), a.get(k))
+             for k in ("draft_minus_nodraft", "draft_minus_shuffled", "noconclusion_minus_nodraft")]
+    return (head + table(("prompt", "accuracy", "95 % CI", "n", "source"), rows) + "\n\n" + diff_table(diffs)
+            + overrides_md(a.get("overrides")))
+
+
+def overrides_md(o):
+    if not o:
+        return ""
+    def share(e):
+        return f"{pct(e['share'])} of {e['n']}" if e["share"] is not None else f"n = {e['n']}"
+    return ("\n\nFinal answer against the draft's tentative answer: overrides a wrong one "
+            f"{share(o['overrides_wrong_tentative'])}; keeps a right one {share(o['keeps_right_tentative'])}; "
+            f"equals it {share(o['final_equals_tentative'])}; {o['unparsed_tentative']} drafts state none.")
+
+
+ORACLE_LABELS = {"teacher_noconclusion": "teacher draft, no conclusion", "teacher_gold": "teacher draft, gold conclusion",
+                 "teacher_flipped": "teacher draft, flipped conclusion", "teacher_shuffled": "another question's teacher draft",
+                 "empty": "empty draft"}
+
+
+def oracle_md(s):
+    o = s.get("oracle")
+    if not o:
+        return f"Oracle ladder: {NOT_RUN}."
+    rows = [(ORACLE_LABELS[k], NOT_RUN, "", "", "") if o.get(k) is None else
+            (ORACLE_LABELS[k], pct(o[k]["accuracy"]), ci(o[k]),
+             "" if o[k]["minus_nodraft"] is None else f"{pct(o[k]['minus_nodraft']['diff'], True)} "
+             f"{ci(o[k]['minus_nodraft'], True)}, p={o[k]['minus_nodraft']['mcnemar_p']:.2g}", o[k]["n"])
+            for k in ORACLE_LABELS]
+    return (f"Stage **{o['stage']}** (fixed) scored after drafts it did not write: what a good draft is worth "
+            "to it, and how much of that is the conclusion.\n\n"
+            + table(("prompt", "accuracy", "95 % CI", "minus no draft (95 % CI, McNemar p)", "n"), rows))
+
+
+def fig_oracle(s):
+    o = s.get("oracle")
+    if not o:
+        return None
+    fig = Figure(figsize=(8, 3.5))
+    ax = fig.add_subplot()
+    _bars(ax, [ORACLE_LABELS[k].replace(", ", ",\n") for k in ORACLE_LABELS], [o.get(k) for k in ORACLE_LABELS],
+          color="tab:olive")
+    ax.set(ylim=(0, 1), ylabel="accuracy", title=f"oracle ladder on stage {o['stage']} (95 % CI)")
+    ax.tick_params(axis="x", labelsize=7)
+    return fig
+
+
+def kfold_md(s):
+    k = s.get("kfold")
+    if not k:
+        return "Single split (no k-fold)."
+    names = list(k["validation_pooled"])
+    rows = [(f, *(pct(v["validation"][n]["acc"]) if v["validation"][n]["acc"] is not None else "failed" for n in names),
+             v["chosen"]) for f, v in k["selection"].items()]
+    rows.append(("pooled", *(pct(k["validation_pooled"][n]) for n in names), ""))
+    return (f"{k['folds']} folds, every question dev once; phase C chosen per fold by its accuracy on a validation "
+            "split carved from that fold's train (no stage trains on it), never on dev.\n\n"
+            + table(("fold", *names, "chosen"), rows))
 
 
 def fig_ablations(s):
@@ -114,10 +172,11 @@ def fig_ablations(s):
         return None
     fig = Figure(figsize=(9, 3.5))
     ax1, ax2 = fig.subplots(1, 2)
-    _bars(ax1, ["draft", "nodraft", "shuffled"], [a.get(k) for k in ("draft", "nodraft", "shuffled")])
+    _bars(ax1, ["draft", "nodraft", "shuffled", "noconcl."], [a.get(k) for k in ("draft", "nodraft", "shuffled", "noconclusion")])
     ax1.set(ylim=(0, 1), ylabel="dev accuracy", title="draft ablations (95 % CI)")
-    keys = ["draft_minus_nodraft", "draft_minus_shuffled"]
-    _bars(ax2, ["draft − nodraft", "draft − shuffled"], [a.get(k) for k in keys], "diff", "tab:orange")
+    keys = ["draft_minus_nodraft", "draft_minus_shuffled", "noconclusion_minus_nodraft"]
+    _bars(ax2, ["draft − nodraft", "draft − shuffled", "noconcl. − nodraft"], [a.get(k) for k in keys], "diff",
+          "tab:orange")
     for x, k in enumerate(keys):
         if a.get(k):
             ax2.text(x, a[k]["ci_low"], f"p={a[k]['mcnemar_p']:.2g}", ha="center", va="top", fontsize=8)
@@ -174,7 +233,7 @@ def provenance_md(s):
     hashes = [(f"`{k}`", f"`{v}`") for k, v in {**p["recipes_sha256"], **p["data_sha256"]}.items()]
     walls = [(st, f"{w:.0f}", f"{p['stage_wall_s'][st]:.0f}" if st in p.get("stage_wall_s", {}) else "")
              for st, w in p["eval_wall_s"].items()]
-    evals = [(f"`{k}`", Path(e["base"]).name, e["adapter"] or "", e["dev_sha256"][:12],
+    evals = [(f"`{k}`", Path(e["base"]).name, e["adapter"] or "", (e["dev_sha256"] or "")[:12],
               (e["drafts_sha256"] or "")[:12], e["run_started"]) for k, e in p["evals"].items()]
     return "\n\n".join([
         f"Commit `{p['git_commit']}`, device(s) {', '.join(p['devices'])}, summary written {s['date']}.",
@@ -187,6 +246,8 @@ def provenance_md(s):
 SECTIONS = {  # name: (title, markdown, figure, png)
     "stages": ("Accuracy by stage", stages_md, fig_stages, "accuracy_by_stage.png"),
     "ablations": ("Draft ablations", ablations_md, fig_ablations, "ablations.png"),
+    "oracle": ("Oracle ladder", oracle_md, fig_oracle, "oracle.png"),
+    "kfold": ("Folds and the choice of phase C", kfold_md, None, None),
     "attribution": ("Attribution on the draft", attribution_md, fig_attribution, "attribution.png"),
     "judge": ("Judge: clarifying questions", judge_md, fig_judge, "judge.png"),
     "provenance": ("Provenance", provenance_md, None, None),
