@@ -51,11 +51,13 @@ wait)
   tail -c 3000 "$LOG"; exit "$(cat "$RC" 2>/dev/null || echo 1)";;
 collect)  # one archive: the lent host's fetch leaves out folders nested deeper than $OUT/DIR/
   mkdir -p "${1:?dir}"
-  tar -czf "$1/$MODEL_NAME.tgz" -C "$WORK/results" "$MODEL_NAME" && cp "$LOG" "$1"/
-  if [ -d "$WORK/runs/kfold" ]; then  # the folds' logs, selections, wall times and per-fold results
-    (cd "$WORK/runs/kfold" && tar -czf "$1/kfold-folds.tgz" fold_*/kfold.log fold_*/selection.json fold_*/data/MANIFEST.json \
+  if [ -d "$WORK/results/$MODEL_NAME" ]; then tar -czf "$1/$MODEL_NAME.tgz" -C "$WORK/results" "$MODEL_NAME"; fi
+  cp "$LOG" "$1"/
+  if [ -d "$WORK/runs/kfold" ]; then  # the folds' logs, selections, reports and per-fold results, so far
+    dest=$(cd "$1" && pwd)
+    (cd "$WORK/runs/kfold" && shopt -s nullglob && files=(fold_*/kfold.log fold_*/selection.json fold_*/data/MANIFEST.json \
       fold_*/data/sft/REPORT.json fold_*/data/drafts/*/REPORT.json fold_*/data/pairs*.report.json fold_*/results \
-      $(cd "$WORK/runs/kfold" && ls -d fold_*/models/*/trainer_state.json fold_*/models/*/*/trainer_state.json 2>/dev/null))
+      fold_*/models/*/trainer_state.json fold_*/models/*/*/ROUND.json) && tar -czf "$dest/kfold-folds.tgz" "${files[@]}")
   fi;;
 gguf)
   mkdir -p "$ASKDRAFT_CACHE"
