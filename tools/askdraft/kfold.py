@@ -192,6 +192,7 @@ def run(folds=5, root="runs/kfold", results="results", name=None, profile=None, 
     unknown = [c for c in candidates if c not in CANDIDATES]
     if unknown:
         raise InputError("--candidates", None, f"unknown candidate(s) {unknown}; choose from {list(CANDIDATES)}")
+    root = Path(root).resolve()  # the folds run with their folder as cwd
     base = Path(base or REPO_ROOT / "models" / "base" / "SmolLM2-135M-Instruct")
     if not (base / "config.json").is_file():
         raise InputError(base, None, "base model directory not found (run `make base`)")
