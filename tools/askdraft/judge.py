@@ -33,7 +33,8 @@ import openai
 from tqdm import tqdm
 
 from askdraft import stats, templates
-from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
+from askdraft.io import InputError, sha256_file, write_json, write_jsonl
+from askdraft.records import drafts_by_question
 
 ORDERS = ("12", "21")            # "12": model 1's draft is A; "21": model 1's draft is B
 PLACEHOLDER_KEY = "no-key-needed"  # sent to servers that need no key (vLLM, transformers serve)
@@ -46,19 +47,9 @@ class JudgeError(RuntimeError):
 
 # ---------------------------------------------------------------- inputs
 def load_drafts(path):
-    """{question: row} from a drafts JSONL ({question, draft, ...}), rows keep their `_line`."""
-    rows = read_jsonl(path, required=("question", "draft"), allow_extra=True)
-    by_question = {}
-    for row in rows:
-        for field in ("question", "draft"):
-            if not isinstance(row[field], str):
-                raise InputError(path, row["_line"], f"field {field!r} must be a string")
-        q = row["question"].strip()
-        if q in by_question:
-            raise InputError(path, row["_line"],
-                             f"duplicate question (first at line {by_question[q]['_line']}): {q!r}")
-        by_question[q] = row
-    return by_question
+    """{question: row} from a drafts JSONL (records.read_drafts: an empty draft is a real
+    outcome of `askdraft drafts` and is judged as it is); rows keep their `_line`."""
+    return drafts_by_question(path)
 
 
 def match_drafts(path_1, path_2, limit=None):
