@@ -103,6 +103,26 @@ def combine(verdict_12, verdict_21):
 
 
 # ---------------------------------------------------------------- calls
+def reply_text(resp):
+    """The text of a chat-completion reply. A 200 reply that is not one (an HTML page, a JSON
+    array, no choices, a choice without a message or without string content) is a ValueError
+    that says what came instead: a failed call, never a crash of the run."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list):
+        raise ValueError(f"the server's reply is not a chat completion: {_preview(resp)}")
+    if not choices:
+        raise ValueError("response has no message content (no choices)")
+    content = getattr(getattr(choices[0], "message", None), "content", None)
+    if not isinstance(content, str):
+        raise ValueError(f"response has no message content: first choice {_preview(choices[0])}")
+    return content
+
+
+def _preview(obj, n=120):
+    text = obj if isinstance(obj, str) else repr(obj)
+    return repr(" ".join(text.split())[:n])
+
+
 class Judge:
     """One judge model behind an OpenAI-compatible endpoint, with a disk cache and retries."""
 
@@ -140,9 +160,7 @@ class Judge:
             rec["attempts"] = attempt + 1
             try:
                 resp = self.client.chat.completions.create(model=self.model, messages=messages, **self.params)
-                rec["content"] = resp.choices[0].message.content if resp.choices else None
-                if rec["content"] is None:
-                    raise ValueError("response has no message content")
+                rec["content"] = reply_text(resp)
                 rec["error"] = None
                 break
             except (openai.APIError, ValueError) as e:
@@ -186,7 +204,11 @@ def run(items, judge, concurrency=4, name_1="model_1", name_2="model_2"):
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
             tqdm(total=len(tasks), desc=f"judge {name_1} vs {name_2}", unit="call") as bar:
         def one(task):
-            rec = judge.ask(task[2])
+            try:
+                rec = judge.ask(task[2])
+            except Exception as e:  # never lose the other calls' results to one surprise
+                rec = {"cache_key": None, "cached": False, "attempts": 1, "content": None,
+                       "winner": None, "reason": None, "error": f"internal error: {judge._describe(e)}"}
             bar.update()
             return rec
         records = list(pool.map(one, tasks))
