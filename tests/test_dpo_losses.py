@@ -186,7 +186,24 @@ def test_bad_mode_is_an_error():
     ({"askdraft_schedule": [{"epochs": [2, 1], "beta": 0.1}]}, "1 <= first <= last"),
     ({"askdraft_schedule": [{"epochs": [1, 1], "beta": 0.1, "gamma": 1}]}, "Extra inputs"),
     ({"askdraft_drop_fracton": 0.1}, "unknown askdraft_dpo key"),
+    ({"drop_fraction": 0.1}, r"'drop_fraction' \(did you mean 'askdraft_drop_fraction'\?\)"),
+    ({"dr_beta_prime": 0.5}, r"did you mean 'askdraft_dr_beta_prime'"),
+    ({"askdraft-schedule": []}, r"did you mean 'askdraft_schedule'"),
 ])
 def test_recipe_keys_are_validated(bad, msg):
     with pytest.raises(ValueError, match=msg):
         AskDraftDPOArgs(**bad)
+
+
+def test_key_errors_name_only_the_plugins_keys():
+    # inside axolotl the validator runs on the merged config class with ~400 fields
+    from pydantic import create_model
+    merged = create_model("Merged", __base__=AskDraftDPOArgs,
+                          **{f"axolotl_field_{i}": (int, 0) for i in range(50)}, lora_dropout=(float, 0.0))
+    for bad in ({"askdraft_drop_fracton": 0.1}, {"drop_fraction": 0.1}):
+        with pytest.raises(ValueError) as e:
+            merged(**bad)
+        known = str(e.value).split("known: ")[1]
+        assert "askdraft_drop_fraction" in known and "axolotl_field" not in known
+    # the merged class's own keys are never taken for typos
+    merged(lora_dropout=0.05, axolotl_field_3=1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from askdraft import templates
 from askdraft.data import FILES
-from askdraft.io import InputError, atomic_open, dumps, write_json, write_jsonl
+from askdraft.io import InputError, atomic_open, dumps, positive_int, write_json, write_jsonl
 from askdraft.records import DRAFT_FIELDS as FIELDS, read_drafts, read_split
 
 SPLITS = {"train": FILES["cot"], "dev": FILES["dev"]}
@@ -181,12 +181,12 @@ def add_cli(sub):
     p.add_argument("--splits", default="train,dev")
     p.add_argument("--data", default="data", help="folder with the split files")
     p.add_argument("--out-root", default="data/drafts")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="for sampling")
-    p.add_argument("--limit", type=int, help="first N questions of each split")
+    p.add_argument("--limit", type=positive_int, help="first N questions of each split")
     p.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")
     p.add_argument("--load-in-4bit", action="store_true", help="NF4 base (bitsandbytes, GPU)")
     p.set_defaults(func=cmd)

@@ -96,6 +96,18 @@ def read_jsonl(path, required=(), optional=(), allow_extra=False):
     return rows
 
 
+def positive_int(text):
+    """argparse type: a whole number >= 1 (--limit -5 would silently mean "all but five")."""
+    import argparse
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def strip_line(row):
     return {k: v for k, v in row.items() if k != "_line"}
 

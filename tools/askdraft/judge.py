@@ -33,7 +33,7 @@ import openai
 from tqdm import tqdm
 
 from askdraft import stats, templates
-from askdraft.io import InputError, sha256_file, write_json, write_jsonl
+from askdraft.io import InputError, positive_int, sha256_file, write_json, write_jsonl
 from askdraft.records import drafts_by_question
 
 ORDERS = ("12", "21")            # "12": model 1's draft is A; "21": model 1's draft is B
@@ -321,7 +321,7 @@ def add_cli(sub):
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/judge"))
     p.add_argument("--out", type=Path, help="results JSON (default results/judge_<a>_vs_<b>.json)")
     p.add_argument("--calls-out", type=Path, help="per-call JSONL (default: beside --out, .calls.jsonl)")
-    p.add_argument("--limit", type=int, help="judge only the first N questions")
+    p.add_argument("--limit", type=positive_int, help="judge only the first N questions")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     p.add_argument("--retries", type=int, default=3, help="retries per call, exponential back-off")
     p.add_argument("--backoff", type=float, default=1.0, help="first back-off in seconds")
