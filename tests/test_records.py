@@ -196,6 +196,15 @@ def test_empty_files_are_errors_except_resume_files(tmp_path):
     assert records.read_drafts(empty, resume=True) == []
 
 
+def test_pairs_tool_checks_what_it_writes(tmp_path):
+    good = pair_rows()
+    for bad, msg in (([good[0], {**good[1], "rejected": good[1]["chosen"]}], "p.jsonl:2: chosen and rejected are the same"),
+                     ([good[0], good[0]], r"p.jsonl:2: duplicate pair \(first at line 1\), not written")):
+        with pytest.raises(InputError, match=msg):
+            pairs.write(bad, {}, tmp_path / "p.jsonl")
+        assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------- drafts: resume
 
 def test_resume_keeps_drafts_with_unicode_line_separators(tmp_path):

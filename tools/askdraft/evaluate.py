@@ -24,6 +24,7 @@ from pathlib import Path
 
 from askdraft import REPO_ROOT, git_commit, stats
 from askdraft.io import InputError, positive_int, read_jsonl, sha256_file, write_json, write_jsonl
+from askdraft.records import read_split
 
 ABLATIONS = {"draft": "strategyqa_draft", "nodraft": "strategyqa_nodraft",
              "shuffled": "strategyqa_shuffleddraft"}
@@ -91,7 +92,7 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
 
     if limit:  # the first `limit` dev questions as the split itself: drafts (and the shuffled
         # derangement) then need to cover only those, as `askdraft drafts --limit` writes them
-        dev_rows = read_jsonl(dev, allow_extra=True)[:limit]
+        dev_rows = read_split(dev)[:limit]
         dev = Path(results) / model_name / "evals" / f".dev_first{limit}.jsonl"
         write_jsonl(dev, dev_rows)
     metadata = {"dev": str(Path(dev).resolve()), "shuffle_seed": shuffle_seed}
