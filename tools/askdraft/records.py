@@ -14,7 +14,7 @@ also breaks on U+2028/U+2029/U+0085 that json.dumps(ensure_ascii=False) writes r
 UTF-8 BOM is accepted; bytes that are not UTF-8 are an error naming the line.
 
 Choices (also in the docs):
-- Split rows: `question` (a non-empty string of at most MAX_QUESTION_CHARS characters) and
+- Split rows: `question` (a non-empty string of at most MAX_QUESTION_CHARS = 1000 characters) and
   `teacher_final` are required; `teacher_cot` is optional (required with cot=True) and must be
   a non-empty string when present. Any other field (e.g. `teacher_steps`, a list) is kept as
   it is and not checked here. A question twice in one split file (compared after lower-casing
@@ -42,9 +42,8 @@ TENTATIVES = (*ANSWERS, "unparsed")
 PAIR_MODES = ("draft", "answer")
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 DRAFT_FIELDS = ("question", "draft", "tentative", "answer")
-# StrategyQA's longest question is 132 characters (bigbench); a question 7x longer is a broken file (a
-# rationale pasted into the question), not a question, and would be silently truncated or
-# dropped by the tokenizer-length checks downstream.
+# StrategyQA's longest question is 132 characters (bigbench); one 7x longer is a broken row (a
+# rationale pasted into the question, say), which phase A would otherwise train on unreported.
 MAX_QUESTION_CHARS = 1000
 
 
