@@ -201,7 +201,7 @@ $(RESULTS)/judge.json: data/drafts/$(DPO_NAME)/REPORT.json
 	@if [ -z "$(JUDGE_URL)$(JUDGE_SERVE)" ]; then echo "judge: set JUDGE_URL + JUDGE_MODEL or JUDGE_SERVE (skipped)"; else \
 	$(ASKDRAFT) judge --drafts-a data/drafts/$(DPO_NAME)/dev.jsonl --drafts-b data/drafts/cot_phaseB/dev.jsonl \
 	  --name-a $(DPO_NAME) --name-b cot_phaseB $(if $(JUDGE_URL),--base-url $(JUDGE_URL),--serve $(JUDGE_SERVE)) \
-	  $(if $(JUDGE_MODEL),--model $(JUDGE_MODEL),) --mode $(JUDGE_MODE) --limit $(JUDGE_LIMIT) --out $@ || true; fi
+	  $(if $(JUDGE_MODEL),--model $(JUDGE_MODEL),) --mode $(JUDGE_MODE) --limit $(JUDGE_LIMIT) --out $@ || [ $$? -eq 1 ]; fi
 
 report: | eval attribution judge
 	$(ASKDRAFT) summarize --model-name $(MODEL_NAME)

@@ -198,8 +198,9 @@ def test_cli_end_to_end(model_dir, files, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("row,msg", [
-    ({"id": "x", "question": Q, "answer": "no"}, "missing field(s) ['draft']"),
-    ({"id": "x", "question": Q, "draft": "  ", "answer": "no"}, "empty field(s) ['draft']"),
+    ({"id": "x", "question": Q, "answer": "no"}, "missing field 'draft'"),
+    ({"id": "x", "question": Q, "draft": 3, "answer": "no"}, "field 'draft' must be a string"),  # "" is a real draft
+    ({"id": "x", "question": Q, "draft": "other", "answer": "no"}, "duplicate question with a different draft"),
     ({"id": "x", "question": Q, "draft": D, "answer": "maybe"}, "is not yes/no"),
     ({"id": "x", "question": "Unknown?", "draft": D}, "not in the dev file"),
     ({"id": "x", "question": Q, "draft": D, "answer": "yes"}, "disagrees"),

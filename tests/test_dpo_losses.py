@@ -49,14 +49,45 @@ def test_seed_cal_subtracts_detached_mean():
     assert stats["margins"].tolist() == pytest.approx([0.15, -0.15, 0.05])
 
 
-def test_published_cal():
+# Cal-DPO as released: github.com/tengxiao1/Cal-DPO, scripts/dpo_trainer.py at commit
+# 7d16b466e52733269bbd6f7544a807faa555772b, lines 1211-1216:
+#     DPO_loss = -F.logsigmoid((chosen_rewards - rejected_rewards))
+#     Cal_loss = F.mse_loss(chosen_rewards, 1/(2 beta)) + F.mse_loss(rejected_rewards, -1/(2 beta))
+#     losses = DPO_loss + 0.5*Cal_loss                                          # line 1216
+# and get_batch_loss_metrics returns losses.mean() (line 1386). F.mse_loss reduces by the mean,
+# so Cal_loss is one batch scalar added to every pair, at half weight (the paper: weight 1).
+T = 1 / (2 * BETA)  # 5.0
+CAL = (sum((w - T) ** 2 for w in R_W) + sum((l + T) ** 2 for l in R_L)) / 3
+# by hand: chosen squares (0.5-5)^2 + (-1-5)^2 + (0-5)^2 = 20.25 + 36 + 25 = 81.25,
+# rejected squares (-1+5)^2 + (0.5+5)^2 + (-0.5+5)^2 = 16 + 30.25 + 20.25 = 66.5
+CAL_BY_HAND = (81.25 + 66.5) / 3
+CAL_PER_PAIR = [softplus(-(w - l)) + 0.5 * CAL for w, l in zip(R_W, R_L)]
+
+
+def test_published_cal_matches_the_released_code():
+    assert CAL == pytest.approx(CAL_BY_HAND)
     loss, stats, _ = run(cal="published")
-    t = 1 / (2 * BETA)  # 5.0
-    per_pair = [softplus(-(w - l)) + (w - t) ** 2 + (l + t) ** 2 for w, l in zip(R_W, R_L)]
-    # pair 1 by hand: log(1 + e^-1.5) + (0.5 - 5)^2 + (-1 + 5)^2
-    assert per_pair[0] == pytest.approx(math.log(1 + math.exp(-1.5)) + 20.25 + 16.0)
-    assert loss.item() == pytest.approx(sum(per_pair) / 3, abs=1e-12)
+    # pair 1 by hand: log(1 + e^-1.5) + 0.5 * 49.25
+    assert CAL_PER_PAIR[0] == pytest.approx(math.log(1 + math.exp(-1.5)) + 0.5 * 49.25)
+    assert loss.item() == pytest.approx(sum(CAL_PER_PAIR) / 3, abs=1e-12)
     assert stats["cal_shift"].item() == 0
+    # the released code, transcribed (mse_loss, mean reduction, 0.5 weight, losses.mean())
+    import torch.nn.functional as F
+    cw, cl = torch.tensor(R_W, dtype=torch.float64), torch.tensor(R_L, dtype=torch.float64)
+    released = (-F.logsigmoid(cw - cl) + 0.5 * (F.mse_loss(cw, torch.tensor(T).to(cw))
+                                                 + F.mse_loss(cl, torch.tensor(-T).to(cl)))).mean()
+    assert loss.item() == pytest.approx(released.item(), abs=1e-12)
+
+
+def test_published_cal_is_a_batch_scalar_under_published_dr():
+    # soft-min over pairs of (DPO_i + 0.5 Cal) = soft-min of DPO_i + 0.5 Cal: the calibration
+    # term is not reweighted pair by pair, as it would be if it were per pair
+    dpo = [softplus(-(w - l)) for w, l in zip(R_W, R_L)]
+    hand = -math.log(sum(math.exp(-x) for x in dpo) / 3) + 0.5 * CAL
+    loss, _, _ = run(cal="published", robust="published", beta_prime=1.0)
+    assert loss.item() == pytest.approx(hand, abs=1e-12)
+    per_pair_form = [d + 0.5 * ((w - T) ** 2 + (l + T) ** 2) for d, w, l in zip(dpo, R_W, R_L)]
+    assert loss.item() != pytest.approx(-math.log(sum(math.exp(-x) for x in per_pair_form) / 3))
 
 
 def test_seed_dr_drops_lowest_margin():
@@ -85,9 +116,31 @@ def test_seed_dr_carries_the_fraction():
     assert sum(counts) == 12  # ... and exactly 15 % of 80 pairs
     keep, k, _ = seed_dr_keep_mask(torch.arange(4.0), 0.15, 0.5)
     assert k == 1 and keep.tolist() == [True, True, True, False]  # highest score dropped
-    assert seed_dr_keep_mask(torch.zeros(1), 0.9, 0.9)[1] == 0  # never drops the last pair
+    keep, k, _ = seed_dr_keep_mask(torch.zeros(2), 0.9, 0.9)
+    assert k == 1 and keep.sum() == 1  # a batch of two keeps one pair
 
 
+def test_seed_dr_drops_15_percent_at_micro_batch_1():
+    # one pair per micro-batch: the carried fraction drops a whole micro-batch when it reaches 1
+    carry, counts = 0.0, []
+    for _ in range(20):
+        keep, k, carry = seed_dr_keep_mask(torch.zeros(1), 0.15, carry)
+        assert keep.tolist() == [k == 0]
+        counts.append(k)
+    assert sum(counts) == 3 and counts[:7] == [0, 0, 0, 0, 0, 0, 1]
+    # the dropped micro-batch has zero loss and zero gradient, but a graph
+    h = torch.tensor([2.0], dtype=torch.float64, requires_grad=True)
+    zero = torch.zeros(1, dtype=torch.float64)
+    loss, stats, carry = askdraft_loss(h, zero, zero, zero, beta=BETA, robust="seed", carry=0.9)
+    assert stats["pairs_dropped"] == 1 and loss.item() == 0 and carry == pytest.approx(0.05)
+    loss.backward()
+    assert h.grad.tolist() == [0.0]
+
+
+# Dr. DPO as released: github.com/junkangwu/Dr_DPO, trainers.py at commit
+# 3c0678fe31f1139cc54405880f0028264129a032, line 270:
+#     return - loss_config.mode_weight * torch.log(torch.mean(torch.exp( - losses / loss_config.mode_weight)))
+# (mode_weight is beta'; losses are one device's per-pair sigmoid DPO losses)
 @pytest.mark.parametrize("beta_prime", [1.0, 0.5])
 def test_published_dr(beta_prime):
     losses = [softplus(-0.15), softplus(0.15), softplus(-0.05)]
@@ -110,11 +163,10 @@ def test_dr_published_tends_to_mean_for_large_beta_prime():
 
 def test_modes_compose_published_cal_with_seed_dr():
     loss, stats, _ = run(cal="published", robust="seed", drop_fraction=1 / 3, drop_score="loss")
-    t = 5.0
-    per_pair = [softplus(-(w - l)) + (w - t) ** 2 + (l + t) ** 2 for w, l in zip(R_W, R_L)]
-    worst = per_pair.index(max(per_pair))
-    assert stats["pairs_dropped"] == 1
-    assert loss.item() == pytest.approx((sum(per_pair) - per_pair[worst]) / 2, abs=1e-12)
+    worst = CAL_PER_PAIR.index(max(CAL_PER_PAIR))  # pair 2: its DPO term is the largest
+    assert worst == 1 and stats["pairs_dropped"] == 1
+    # the calibration scalar is over all three pairs, the dropped one included
+    assert loss.item() == pytest.approx((sum(CAL_PER_PAIR) - CAL_PER_PAIR[worst]) / 2, abs=1e-12)
 
 
 def test_bad_mode_is_an_error():
@@ -134,6 +186,9 @@ def test_bad_mode_is_an_error():
     ({"askdraft_schedule": [{"epochs": [2, 1], "beta": 0.1}]}, "1 <= first <= last"),
     ({"askdraft_schedule": [{"epochs": [1, 1], "beta": 0.1, "gamma": 1}]}, "Extra inputs"),
     ({"askdraft_drop_fracton": 0.1}, "unknown askdraft_dpo key"),
+    ({"drop_fraction": 0.1}, r"'drop_fraction' \(did you mean 'askdraft_drop_fraction'\?\)"),
+    ({"dr_beta_prime": 0.5}, r"did you mean 'askdraft_dr_beta_prime'"),
+    ({"askdraft-schedule": []}, r"did you mean 'askdraft_schedule'"),
 ])
 def test_recipe_keys_are_validated(bad, msg):
     with pytest.raises(ValueError, match=msg):
@@ -148,3 +203,17 @@ def test_stabilisers_by_hand():
     assert AskDraftDPOArgs(askdraft_rpo_alpha=0.5, askdraft_length_normalize=True).askdraft_rpo_alpha == 0.5
     with pytest.raises(ValueError, match="greater than or equal to 0"):
         AskDraftDPOArgs(askdraft_rpo_alpha=-1.0)
+
+
+def test_key_errors_name_only_the_plugins_keys():
+    # inside axolotl the validator runs on the merged config class with ~400 fields
+    from pydantic import create_model
+    merged = create_model("Merged", __base__=AskDraftDPOArgs,
+                          **{f"axolotl_field_{i}": (int, 0) for i in range(50)}, lora_dropout=(float, 0.0))
+    for bad in ({"askdraft_drop_fracton": 0.1}, {"drop_fraction": 0.1}):
+        with pytest.raises(ValueError) as e:
+            merged(**bad)
+        known = str(e.value).split("known: ")[1]
+        assert "askdraft_drop_fraction" in known and "axolotl_field" not in known
+    # the merged class's own keys are never taken for typos
+    merged(lora_dropout=0.05, axolotl_field_3=1)

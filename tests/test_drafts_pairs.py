@@ -164,15 +164,17 @@ def test_pairs_length_limit_and_empty(files, tiny_llama_dir, tmp_path):
 
 @pytest.mark.parametrize("which, line, content, msg", [
     ("drafts", 2, "{not json", "malformed JSON"),
-    ("drafts", 1, {"question": Q[0]}, r"missing field\(s\) \['draft'\]"),
+    ("drafts", 1, {"question": Q[0]}, r"missing field 'draft'"),
     ("drafts", 2, {"question": Q[1], "draft": ""}, "empty draft"),
     ("drafts", 3, {"question": Q[2], "draft": "d", "answer": "true"}, "answer 'true' is not yes/no"),
     ("drafts", 3, {"question": Q[2], "draft": "d", "answer": "yes"}, "answer 'yes' disagrees with"),
     ("drafts", 4, {"question": "Who?", "draft": "d"}, "question not found in the gold file"),
     ("drafts", 5, {"question": Q[0], "draft": "d"}, "duplicate question"),
-    ("drafts", 1, {"question": Q[0], "draft": "d", "score": 1}, r"unexpected field\(s\) \['score'\]"),
+    ("drafts", 1, {"question": Q[0], "draft": None}, "field 'draft' must be a string, got a JSON null"),
+    ("drafts", 1, {"question": 7, "draft": "d"}, "field 'question' must be a string, got a JSON number"),
     ("gold", 3, {"question": Q[2], "teacher_final": "maybe"}, "teacher_final 'maybe' is not yes/no"),
-    ("gold", 2, {"question": Q[1]}, r"missing field\(s\) \['teacher_final'\]"),
+    ("gold", 2, {"question": Q[1]}, r"missing field 'teacher_final'"),
+    ("gold", 2, {"question": Q[0], "teacher_final": "yes"}, r"duplicate question \(first at line 1\)"),
 ])
 def test_pairs_bad_input(files, tmp_path, which, line, content, msg):
     d, gold = files

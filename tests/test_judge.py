@@ -73,7 +73,8 @@ class ScriptedJudge(ThreadingHTTPServer):
     """POST /v1/chat/completions. The question's id (Q0, Q1, ...) picks a behaviour from
     `script`: "m1"/"m2" prefer that model's draft wherever it is, "tie", "first" (always A),
     "garbage", "badwinner", "400", "500", "500once" (fails the first attempt of each order),
-    "hang" (answers after 3 s), "echo-key" (a 500 whose body repeats the Authorization)."""
+    "hang" (answers after 3 s), "echo-key" (a 500 whose body repeats the Authorization), and
+    200 replies that are not chat completions: "html", "array", "nomessage", "nochoices"."""
     daemon_threads = True
 
     def __init__(self, script):
@@ -110,7 +111,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(404, {"error": {"message": "not found"}})
         user = body["messages"][-1]["content"]
         qid = re.search(r"\bQ\d+\b", user).group(0)
-        first = "m1" if user.index("[m1]") < user.index("[m2]") else "m2"
+        i1, i2 = user.find("[m1]"), user.find("[m2]")  # -1: that draft is empty
+        first = "m1" if i1 != -1 and (i2 == -1 or i1 < i2) else "m2"
         with srv.lock:
             srv.auth.add(self.headers.get("Authorization"))
             srv.requests.append((qid, "12" if first == "m1" else "21"))
@@ -124,6 +126,18 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(500, {"error": {"message": f"bad auth {self.headers['Authorization']}"}})
         if how == "hang":
             srv.stop.wait(3)
+        if how == "html":  # a proxy's error page with status 200
+            body = b"<html><body>Gateway says hello</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            return self.wfile.write(body)
+        if how == "array":
+            return self.send(200, [{"winner": "A"}])
+        if how in ("nomessage", "nochoices"):
+            return self.send(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                   "choices": [{"index": 0, "finish_reason": "stop"}] if how == "nomessage" else []})
         content = {
             "m1": lambda: {"winner": "A" if first == "m1" else "B", "reason": "m1 asks better"},
             "m2": lambda: {"winner": "A" if first == "m2" else "B", "reason": "m2 asks better"},
@@ -260,6 +274,33 @@ def test_bad_answers_and_client_errors_fail_with_a_reason(tmp_path, scripted):
     assert sorted({qid for qid, _ in srv.asked()[8:]}) == ["Q0", "Q1", "Q3"] and len(srv.asked()) == 14
 
 
+def test_replies_that_are_not_chat_completions_fail_only_their_question(tmp_path, scripted):
+    srv = scripted({"Q0": "html", "Q1": "array", "Q2": "nomessage", "Q3": "nochoices", "Q4": "m1"})
+    a, b = make_drafts(tmp_path, [f"Q{i}?" for i in range(5)])
+    assert run_cli(*cli_args(tmp_path, a, b, srv.url)) == 1  # results written, exit 1
+    res, calls = load_results(tmp_path)
+    outcomes = [p["outcome"] for p in res["per_question"]]
+    assert outcomes == ["failed"] * 4 + ["win"] and res["failed"] == 4 and res["n"] == 1
+    errors = [p["errors"]["12"] for p in res["per_question"][:4]]
+    assert "not a chat completion" in errors[0] and "Gateway says hello" in errors[0]
+    assert "not a chat completion" in errors[1]
+    assert "no message content" in errors[2] and "no message content" in errors[3]
+    assert len(srv.asked()) == 10  # not retried
+
+
+def test_an_empty_draft_is_judged_not_refused(tmp_path, scripted):
+    srv = scripted({"Q0": "tie", "Q1": "m1"})
+    a, b = make_drafts(tmp_path, ["Q0?", "Q1?"])
+    rows = [json.loads(x) for x in a.read_text().splitlines()]
+    rows[0]["draft"] = ""  # a real outcome of `askdraft drafts`
+    write_drafts(a, rows)
+    assert judge.match_drafts(a, b)[0] == ("Q0?", "", judge.load_drafts(b)["Q0?"]["draft"])
+    assert run_cli(*cli_args(tmp_path, a, b, srv.url)) == 0
+    res, _ = load_results(tmp_path)
+    assert [p["outcome"] for p in res["per_question"]] == ["tie", "win"]
+    assert sorted(q for q, _ in srv.asked()) == ["Q0", "Q0", "Q1", "Q1"]  # the empty draft was judged
+
+
 def test_api_key_only_from_env_and_never_written(tmp_path, scripted, monkeypatch):
     srv = scripted({"Q0": "m1", "Q1": "echo-key"})
     a, b = make_drafts(tmp_path, ["Q0 ok?", "Q1 ok?"])
@@ -299,11 +340,12 @@ def test_bad_input_names_file_and_line(tmp_path):
     with pytest.raises(InputError, match=r"a\.jsonl:2: question not in .*b\.jsonl"):
         judge.match_drafts(b, a)
     assert judge.match_drafts(a, a, limit=1) == [("Q0?", "d", "d")]
-    bad = {"empty": '{"question": "Q0?", "draft": "  "}\n', "malformed": '{"question": \n',
-           "duplicate": json.dumps(good) + "\n", "not a string": '{"question": "Q9?", "draft": 3}\n'}
+    bad = {"empty question": '{"question": " ", "draft": "d"}\n', "malformed": '{"question": \n',
+           "duplicate": '{"question": "Q0?", "draft": "other"}\n', "not a string": '{"question": "Q9?", "draft": 3}\n',
+           "not UTF-8": b'{"question": "Q9?", "draft": "\xff"}\n'}
     for what, line in bad.items():
         f = tmp_path / "bad.jsonl"
-        f.write_text(json.dumps(good) + "\n" + line)
+        f.write_bytes((json.dumps(good) + "\n").encode() + (line if isinstance(line, bytes) else line.encode()))
         with pytest.raises(InputError, match=r"bad\.jsonl:2: "):
             judge.match_drafts(f, b)
 

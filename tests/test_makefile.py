@@ -70,3 +70,23 @@ def test_dpo_fast_profile_goes_to_phase_c_only(profile, fast):
     cfg = compose(REPO / "recipes/phase_c.yaml", ["gpu-fast", "dpo-fast"])
     args = AskDraftDPOArgs(**{k: v for k, v in cfg.items() if k.startswith("askdraft_")})
     assert args.askdraft_free_memory_each_step is False and args.askdraft_cudnn_attention is False
+
+
+def test_set_values_use_yaml_1_2_booleans(tmp_path):
+    import yaml
+
+    from askdraft.recipe import write
+    cfg = compose(REPO / "recipes/phase_c.yaml", [], ["save_strategy=no", "bf16=false", "gradient_checkpointing=True",
+                                                      "lr_scheduler=on", "learning_rate=5.0e-6"])
+    assert cfg["save_strategy"] == "no" and cfg["lr_scheduler"] == "on"
+    assert cfg["bf16"] is False and cfg["gradient_checkpointing"] is True and cfg["learning_rate"] == 5e-6
+    write(cfg, tmp_path / "r.yaml", "recipes/phase_c.yaml")  # what axolotl then reads (YAML 1.1)
+    back = yaml.safe_load((tmp_path / "r.yaml").read_text())
+    assert back["save_strategy"] == "no" and back["bf16"] is False and back["lr_scheduler"] == "on"
+
+
+def test_judge_failure_exit_codes_in_the_makefile():
+    # the judge's exit 1 (some calls failed, results written) lets make go on; 2 (bad input) stops it
+    out = planned("JUDGE_URL=http://localhost:1/v1", "JUDGE_MODEL=m")
+    line = next(x for x in out.splitlines() if " judge --drafts-a" in x or "judge --drafts-a" in x)
+    assert "|| [ $? -eq 1 ]" in out and "|| true" not in line

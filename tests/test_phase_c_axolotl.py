@@ -4,6 +4,7 @@ The recipe runs as shipped plus recipes/profiles/cpu.yaml plus test-size overrid
 batch 4 x 1, a larger learning rate so 16 steps move the margin)."""
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -116,6 +117,34 @@ def test_phase_c_recipe_runs_the_schedule(tiny_llama_dir, tmp_path):
     margins = {k: sum(e["rewards/margins"] for e in v) / 4 for k, v in by_epoch.items()}
     assert margins[4] > margins[1] and margins[4] > 0, margins
     assert sum(e["rewards/accuracies"] for e in by_epoch[4]) / 4 > 0.5, margins
+
+
+GOOD_PAIR = {"prompt": "Question: Is it red?\nStudent draft: d\nFinal answer:", "chosen": " yes", "rejected": " no"}
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"prompt": GOOD_PAIR["prompt"], "rejected": " no"}, "missing field 'chosen'"),
+    ({**GOOD_PAIR, "chosen": None}, "field 'chosen' must be a string, got a JSON null"),
+    ({**GOOD_PAIR, "rejected": " yes"}, "chosen and rejected are the same text"),
+    ({**GOOD_PAIR, "prompt": "  "}, "empty field 'prompt'"),
+    ("{\"prompt\": ", "malformed JSON"),
+])
+def test_malformed_pairs_are_refused_when_the_recipe_loads(tiny_llama_dir, tmp_path, bad, msg):
+    from axolotl.cli.config import load_cfg
+
+    rows = [json.dumps(r) for r in synthetic_pairs(4)]
+    rows[2] = bad if isinstance(bad, str) else json.dumps(bad)
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    cfg = yaml.safe_load((REPO / "recipes/phase_c.yaml").read_text())
+    ds = {**cfg["datasets"][0], "path": str(data)}
+    with pytest.raises(ValueError, match=rf"{re.escape(str(data))}:3: {msg}"):
+        load_cfg(str(_recipe(tiny_llama_dir, tmp_path, datasets=[ds])))
+    # the recipe's own field names are the ones checked
+    ds["type"] = {"field_prompt": "q", "field_chosen": "good", "field_rejected": "bad"}
+    data.write_text("".join(json.dumps({"q": r["prompt"], "good": r["chosen"], "bad": r["rejected"]}) + "\n"
+                            for r in synthetic_pairs(4)))
+    load_cfg(str(_recipe(tiny_llama_dir, tmp_path, datasets=[ds])))
 
 
 def test_plugin_register_acts_only_on_configs_that_list_it():

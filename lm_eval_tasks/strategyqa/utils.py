@@ -4,17 +4,14 @@ import random
 import datasets
 
 from askdraft import templates
-from askdraft.io import InputError, read_jsonl
+from askdraft.io import InputError
+from askdraft.records import read_drafts, read_split
 
 DEFAULT_DEV = "data/strategyqa_dev.jsonl"
 
 
 def _dev(dev):
-    rows = read_jsonl(dev, required=("question", "teacher_final"), optional=("teacher_cot", "teacher_steps"))
-    for r in rows:
-        if r["teacher_final"] not in templates.ANSWERS:
-            raise InputError(dev, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")
-    return rows
+    return read_split(dev)
 
 
 def _dataset(rows, drafts=None):
@@ -35,11 +32,10 @@ def load_drafts(path, rows):
     """The drafts of `path` in the order of the dev rows; an error names any uncovered question."""
     if not path:
         raise InputError("--metadata", None, 'this task needs the drafts file: --metadata \'{"drafts": "data/drafts/<model>/dev.jsonl"}\'')
-    by_q = {}
-    for d in read_jsonl(path, required=("question",), allow_extra=True):
-        if not isinstance(d.get("draft"), str):  # an empty draft is a real outcome, kept as ""
-            raise InputError(path, d["_line"], "missing field 'draft' (a string)")
-        by_q[d["question"]] = d["draft"]
+    # records.read_drafts: an empty draft is a real outcome, kept as ""; a question twice with
+    # different drafts is an error (exact repeats merge); answers must agree with the dev file
+    gold = {r["question"]: r["teacher_final"] for r in rows}
+    by_q = {d["question"]: d["draft"] for d in read_drafts(path, gold=gold, gold_path="the dev file", unknown="keep")}
     missing = [r for r in rows if r["question"] not in by_q]
     if missing:
         raise InputError(path, None, f"{len(missing)} dev question(s) have no draft, e.g. {missing[0]['question']!r}")

@@ -14,6 +14,24 @@ TRAINER_CLS = "askdraft_dpo.trainer.AskDraftDPOTrainer"
 PLUGIN = "askdraft_dpo.AskDraftDPOPlugin"
 
 
+def check_pair_files(cfg):
+    """Validate every local JSONL dataset of the recipe with askdraft.records.read_pairs (the
+    rules `askdraft pairs` writes by) before axolotl tokenises it: a row without `chosen`
+    would train on the string "None", chosen == rejected trains on nothing, an empty prompt
+    fails deep inside axolotl without naming the file. The error names file and line."""
+    from pathlib import Path
+
+    from askdraft.records import PAIR_FIELDS, read_pairs
+
+    for ds in cfg.get("datasets") or []:
+        path = ds.get("path") if isinstance(ds, dict) else None
+        if not path or not str(path).endswith(".jsonl") or not Path(path).is_file():
+            continue  # a Hub dataset or a folder: axolotl's own loading applies
+        typ = ds.get("type")
+        fields = tuple(typ.get(f"field_{f}") or f for f in PAIR_FIELDS) if isinstance(typ, dict) else PAIR_FIELDS
+        read_pairs(path, fields=fields)
+
+
 class AskDraftDPOPlugin(BasePlugin):
     def get_input_args(self):
         return "askdraft_dpo.args.AskDraftDPOArgs"
@@ -31,6 +49,7 @@ class AskDraftDPOPlugin(BasePlugin):
         if cfg.get("trainer_cls") not in (None, TRAINER_CLS):
             raise ValueError(f"askdraft_dpo sets trainer_cls itself; remove trainer_cls: {cfg['trainer_cls']}")
         cfg["trainer_cls"] = TRAINER_CLS
+        check_pair_files(cfg)
 
     def get_trainer_cls(self, cfg):
         return None  # see register()

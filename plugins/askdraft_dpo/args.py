@@ -61,6 +61,20 @@ def entry_for_epoch(schedule, epoch):
     return schedule[-1]
 
 
+def askdraft_key_like(key):
+    """This plugin's key that `key` (not a known key) looks like a typo of: the key without its
+    askdraft_ prefix, or a close spelling with or without the prefix; None otherwise."""
+    import difflib
+
+    ours = list(AskDraftDPOArgs.model_fields)
+    bare = {k.removeprefix("askdraft_"): k for k in ours}
+    if key in bare:
+        return bare[key]
+    near = difflib.get_close_matches(key, ours, n=1, cutoff=0.85) or \
+        [bare[m] for m in difflib.get_close_matches(key, list(bare), n=1, cutoff=0.85)]
+    return near[0] if near else None
+
+
 class AskDraftDPOArgs(BaseModel):
     """Mixed into axolotl's AxolotlInputConfig; the validators also see the other recipe keys."""
 
@@ -76,10 +90,17 @@ class AskDraftDPOArgs(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def askdraft_check_keys(cls, data):
+        # cls is axolotl's merged config class (hundreds of fields): name only this plugin's keys
+        ours = sorted(AskDraftDPOArgs.model_fields)
         if isinstance(data, dict):
             unknown = [k for k in data if str(k).startswith("askdraft_") and k not in cls.model_fields]
             if unknown:
-                raise ValueError(f"unknown askdraft_dpo key(s) {unknown}; known: {sorted(cls.model_fields)}")
+                raise ValueError(f"unknown askdraft_dpo key(s) {unknown}; known: {ours}")
+            typos = {k: m for k in data if k not in cls.model_fields and (m := askdraft_key_like(str(k)))}
+            if typos:
+                raise ValueError("unknown key(s) that look like askdraft_dpo keys (they would be ignored): "
+                                 + ", ".join(f"{k!r} (did you mean {m!r}?)" for k, m in typos.items())
+                                 + f"; known: {ours}")
         return data
 
     @field_validator("askdraft_schedule")

@@ -15,10 +15,23 @@ Two families of tricks, chosen per epoch by the recipe's schedule (`cal`, `robus
     disagreement score (by default the lowest margin: the pairs the model most strongly
     prefers the wrong way).
 * published:
-  - Cal-DPO (Xiao et al. 2024, arXiv 2412.14516):
-    loss_i = -log sigmoid(r_w - r_l) + (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2.
+  - Cal-DPO (Xiao et al. 2024, arXiv 2412.14516), as the authors' released code computes it
+    (github.com/tengxiao1/Cal-DPO, scripts/dpo_trainer.py lines 1211-1216 at commit 7d16b46):
+        DPO_i = -log sigmoid(r_w,i - r_l,i)                        (per pair, no beta)
+        Cal   = mean_i (r_w,i - 1/(2 beta))^2 + mean_i (r_l,i + 1/(2 beta))^2   (F.mse_loss:
+                one batch-mean scalar, not per pair)
+        loss_i = DPO_i + 0.5 * Cal
+    The paper writes the two squares with weight 1 and inside the per-pair expectation; the
+    code halves them and averages them over the batch before adding them to every pair. With
+    robust "none" the per-pair and batch-mean forms give the same batch loss; composed with a
+    robust aggregation (seed drop, published soft-min) they differ: here, as in the code, the
+    calibration term is over every pair of the micro-batch and is never dropped or reweighted.
   - Dr. DPO (Wu et al. 2024, arXiv 2407.07880): L = -beta' * log mean_i exp(-loss_i / beta'),
-    which weights each pair's gradient by softmax(-loss / beta')_i.
+    which weights each pair's gradient by softmax(-loss / beta')_i. The authors' released code
+    (github.com/junkangwu/Dr_DPO, trainers.py line 270 at commit 3c0678f) computes exactly this
+    over one device's micro-batch, as torch.log(torch.mean(torch.exp(-losses / beta'))); we use
+    logsumexp, the same value without underflow to log(0) for large losses / small beta'.
+    On a micro-batch of one pair it is plain DPO (the soft-min of one loss is that loss).
 
 `cal` picks the per-pair loss, `robust` picks how the per-pair losses become one number, so the
 two compose (e.g. published Cal-DPO aggregated by published Dr. DPO). Batch statistics (the Cal
@@ -45,10 +58,16 @@ def seed_cal_per_pair(h, beta):
     return -F.logsigmoid(beta * (h - shift)), shift
 
 
+CAL_WEIGHT = 0.5  # the released code's `losses = DPO_loss + 0.5*Cal_loss` (see the top)
+
+
 def published_cal_per_pair(r_w, r_l, beta):
-    """Cal-DPO of Xiao et al. 2024: DPO term without beta plus the two calibration squares."""
+    """Cal-DPO as released by Xiao et al.: -log sigmoid(r_w - r_l) per pair plus 0.5 times the
+    batch-mean calibration scalar mean (r_w - 1/(2 beta))^2 + mean (r_l + 1/(2 beta))^2, the
+    same scalar added to every pair (F.mse_loss with its default mean reduction)."""
     target = 1.0 / (2.0 * beta)
-    return -F.logsigmoid(r_w - r_l) + (r_w - target) ** 2 + (r_l + target) ** 2
+    cal = ((r_w - target) ** 2).mean() + ((r_l + target) ** 2).mean()
+    return -F.logsigmoid(r_w - r_l) + CAL_WEIGHT * cal
 
 
 def seed_dr_keep_mask(score, fraction, carry=0.0):
@@ -56,12 +75,20 @@ def seed_dr_keep_mask(score, fraction, carry=0.0):
 
     fraction * batch is rarely whole (15 % of a micro-batch of 4 is 0.6), so the fractional
     rest is carried to the next batch (error diffusion): over many batches exactly `fraction`
-    of the pairs are dropped. At least one pair is always kept.
+    of the pairs are dropped, at every micro-batch size.
+
+    At least one pair of a batch is kept (an all-dropped batch has no loss), so a micro-batch
+    of one pair can never drop inside itself. There the drop is whole-batch: when the carried
+    want reaches one pair, the batch's only pair is dropped (keep mask all False: the caller
+    gives that micro-batch a zero loss that still depends on the graph) and the carry goes on
+    without a cap, so micro-batch 1 drops 15 % of its pairs too (3 of every 20). The score
+    cannot choose among one pair: at micro-batch 1 the seed drop is a systematic 15 %
+    subsample, not a disagreement filter; use micro_batch_size >= 2 for the filter.
     Returns (keep mask, number dropped, new carry).
     """
     n = score.numel()
     want = fraction * n + carry
-    k = min(int(want + 1e-9), n - 1)  # 1e-9: 0.4 + 0.6 must give 1, not 0.999..
+    k = min(int(want + 1e-9), max(n - 1, 1))  # 1e-9: 0.4 + 0.6 must give 1, not 0.999..
     new_carry = min(max(want - k, 0.0), 1.0)
     keep = torch.ones(n, dtype=torch.bool, device=score.device)
     if k > 0:
@@ -114,7 +141,8 @@ def askdraft_loss(
     elif robust == "seed":
         score = {"margin": -h, "policy": -(chosen_logps - rejected_logps), "loss": per_pair}[drop_score]
         keep, dropped, carry = seed_dr_keep_mask(score, drop_fraction, carry)
-        loss = per_pair[keep].mean()
+        # a one-pair micro-batch whose pair is dropped: zero loss, still attached to the graph
+        loss = per_pair[keep].mean() if keep.any() else per_pair.sum() * 0.0
     else:
         loss = published_dr_loss(per_pair, beta_prime)
 

@@ -34,8 +34,9 @@ import torch
 from tqdm import tqdm
 
 from askdraft import stats
-from askdraft.io import InputError, read_jsonl, write_json
-from askdraft.templates import ANSWERS, answer_completion, answer_prompt
+from askdraft.io import InputError, write_json
+from askdraft.records import read_drafts, split_gold
+from askdraft.templates import answer_completion, answer_prompt
 
 SENTINEL = "\x00DRAFT\x00"
 
@@ -202,26 +203,15 @@ def heatmap(record, path, width=100):
 
 def load_rows(drafts, dev=None, limit=None):
     """Drafts rows with a checked gold answer (row "answer", else the dev file's teacher_final)."""
-    rows = read_jsonl(drafts, required=("question", "draft"), optional=("id", "answer"),
-                      allow_extra=True)
-    gold = {}
-    if dev is not None:
-        for r in read_jsonl(dev, required=("question", "teacher_final"), allow_extra=True):
-            gold[r["question"]] = str(r["teacher_final"]).strip().lower()
-    if not rows:
-        raise InputError(drafts, None, "no rows")
+    gold = split_gold(dev) if dev is not None else None
+    # records.read_drafts: answers are labels (case-insensitive) that must agree with the dev file
+    rows = read_drafts(drafts, gold=gold, gold_path=dev, unknown="keep")
     for r in rows[:limit]:
-        ans = r.get("answer", gold.get(r["question"]))
-        if ans is None:
-            why = "not in the dev file" if dev else "no 'answer' field and no --dev file"
-            raise InputError(drafts, r["_line"], f"no gold answer: question {why}")
-        ans = str(ans).strip().lower()
-        if ans not in ANSWERS:
-            raise InputError(drafts, r["_line"], f"gold answer {ans!r} is not yes/no")
-        if r["question"] in gold and gold[r["question"]] != ans:
-            raise InputError(drafts, r["_line"],
-                             f"answer {ans!r} disagrees with {dev} ({gold[r['question']]!r})")
-        r["answer"] = ans
+        if "answer" not in r:
+            if gold is None or r["question"] not in gold:
+                why = "not in the dev file" if dev else "no 'answer' field and no --dev file"
+                raise InputError(drafts, r["_line"], f"no gold answer: question {why}")
+            r["answer"] = gold[r["question"]]
     return rows[:limit]
 
 

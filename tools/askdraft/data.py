@@ -21,7 +21,8 @@ from pathlib import Path
 
 from askdraft import REPO_ROOT, templates
 from askdraft.download import CACHE, pypi_file
-from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
+from askdraft.io import BOM, InputError, json_lines, json_type, read_jsonl, sha256_file, write_json, write_jsonl
+from askdraft.records import check_question, read_split, string
 
 BIGBENCH = ("bigbench", "bigbench-1.0.0.tar.gz",
             "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
@@ -47,43 +48,99 @@ def norm_question(q):
 
 
 def _answer(value, path, line):
+    if not isinstance(value, (str, bool)):
+        raise InputError(path, line, f"label {value!r} is not yes/no (a JSON {json_type(value)})")
     key = str(value).strip().lower().rstrip(".")
     if key not in ANSWER_WORDS:
         raise InputError(path, line, f"label {value!r} is not yes/no")
     return ANSWER_WORDS[key]
 
 
+def read_json_document(path):
+    """(text, parsed) of a .json file: UTF-8 (a leading BOM is accepted), errors name the line."""
+    raw = path.read_bytes()
+    raw = raw[len(BOM):] if raw.startswith(BOM) else raw
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(path, raw[:e.start].count(b"\n") + 1, f"not UTF-8 text (byte {raw[e.start]:#04x})") from None
+    if not text.strip():
+        raise InputError(path, None, "no rows (empty file)")
+    try:
+        return text, json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(path, e.lineno, f"malformed JSON ({e.msg})") from None
+    except RecursionError:
+        raise InputError(path, None, "malformed JSON (nested too deeply)") from None
+
+
+def json_list_items(text):
+    """[(line, item)] of a JSON document that is a list: the line each item starts on."""
+    decoder, items = json.JSONDecoder(), []
+    i = text.index("[") + 1
+    while True:
+        while text[i] in " \t\r\n,":
+            i += 1
+        if text[i] == "]":
+            return items
+        item, end = decoder.raw_decode(text, i)
+        items.append((text.count("\n", 0, i) + 1, item))
+        i = end
+
+
 def load_local(path):
-    """Records {question, answer, rationale, _line} from a user's JSONL (or JSON list) file."""
+    """Records {question, answer, rationale, _line} from a user's JSONL, JSON list or bigbench
+    task.json file. A source row needs a non-empty string `question` and an `answer` (yes/no in
+    any case, with or without a final ".", or a JSON boolean); `rationale` (a string or null) is
+    optional here; other fields are ignored. A leading UTF-8 BOM is accepted."""
     path = Path(path)
+    if not path.is_file():
+        raise InputError(path, None, "file not found")
     if path.suffix == ".json":
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(path, e.lineno, f"malformed JSON ({e.msg})") from None
-        if isinstance(rows, dict) and "examples" in rows:
-            return load_bigbench_json(rows, path)
-        rows = [dict(r, _line=i + 1) for i, r in enumerate(rows)]
+        text, doc = read_json_document(path)
+        if isinstance(doc, dict):
+            if "examples" in doc:
+                return load_bigbench_json(doc, path)
+            raise InputError(path, None, "a .json source is a list of {question, answer, rationale} objects or a "
+                                         f"bigbench task with \"examples\"; got an object with keys {sorted(doc)[:8]}")
+        if not isinstance(doc, list):
+            raise InputError(path, None, f"a .json source is a list of objects; got a JSON {json_type(doc)}")
+        rows = json_list_items(text)
+        for line, r in rows:
+            if not isinstance(r, dict):
+                raise InputError(path, line, f"expected a JSON object, got a JSON {json_type(r)}")
     else:
-        rows = read_jsonl(path, required=("question", "answer"), optional=("rationale",), allow_extra=True)
+        rows = json_lines(path)
+    if not rows:
+        raise InputError(path, None, "no rows (empty file)")
     out = []
-    for r in rows:
-        for k in ("question", "answer"):
-            if k not in r or (isinstance(r[k], str) and not r[k].strip()):
-                raise InputError(path, r["_line"], f"missing or empty field '{k}'")
-        out.append({"question": r["question"].strip(), "answer": _answer(r["answer"], path, r["_line"]),
-                    "rationale": (r.get("rationale") or "").strip(), "_line": r["_line"]})
+    for line, r in rows:
+        question = string(r, "question", path, line)
+        if "answer" not in r:
+            raise InputError(path, line, "missing field 'answer'")
+        rationale = r.get("rationale")
+        if rationale is not None:
+            string(r, "rationale", path, line, empty_ok=True)
+        out.append({"question": question.strip(), "answer": _answer(r["answer"], path, line),
+                    "rationale": (rationale or "").strip(), "_line": line})
     return out
 
 
 def load_bigbench_json(task, path):
     out = []
+    if not isinstance(task["examples"], list) or not task["examples"]:
+        raise InputError(path, None, "\"examples\" is not a non-empty list")
     for i, ex in enumerate(task["examples"], 1):
+        if not isinstance(ex, dict):
+            raise InputError(path, f"example {i}", f"expected a JSON object, got a JSON {json_type(ex)}")
+        string(ex, "input", path, f"example {i}")
         scores = ex.get("target_scores", {})
-        if sorted(scores) != ["No", "Yes"] or sorted(scores.values()) != [0, 1]:
+        if not isinstance(scores, dict) or sorted(scores) != ["No", "Yes"] or sorted(scores.values()) != [0, 1]:
             raise InputError(path, f"example {i}", "target_scores is not a Yes/No pair")
         answer = "yes" if scores["Yes"] == 1 else "no"
         target = ex.get("target", "")
+        if not isinstance(target, str):
+            raise InputError(path, f"example {i}", f"target must be a string, got a JSON {json_type(target)}")
         head, _, rationale = target.partition(".")
         if head.strip().lower() != answer:
             raise InputError(path, f"example {i}", f"target {target[:30]!r} disagrees with target_scores")
@@ -214,8 +271,8 @@ def split(records, n_train, seed):
 
 def check_no_leak(train_path, dev_path):
     """Raise if a dev question (normalised) is also in the train file."""
-    train = {norm_question(r["question"]): r["_line"] for r in read_jsonl(train_path, required=("question",), allow_extra=True)}
-    for r in read_jsonl(dev_path, required=("question",), allow_extra=True):
+    train = {norm_question(r["question"]): r["_line"] for r in read_split(train_path)}
+    for r in read_split(dev_path):
         if norm_question(r["question"]) in train:
             raise InputError(dev_path, r["_line"], f"question also in {train_path}:{train[norm_question(r['question'])]}")
 
@@ -251,6 +308,8 @@ def build(out_dir, source=None, n_train=2000, seed=1234, hub=True, teacher="deco
         records, cached = load_bigbench()
         origin = f"pypi:bigbench==1.0.0:{TASK_MEMBER}"
         source = cached
+    for r in records:
+        check_question(r["question"], source or origin, r["_line"])
     records, merged = dedupe(records, source or origin)
     if teacher == "decomposition":
         join_decompositions(records, decompositions)
@@ -261,8 +320,13 @@ def build(out_dir, source=None, n_train=2000, seed=1234, hub=True, teacher="deco
     if folds:
         train, dev = kfold_split(records, folds, fold, seed)
     else:
+        if isinstance(n_train, bool) or not isinstance(n_train, int) or not 1 <= n_train < len(records):
+            raise InputError("--n-train", None, f"{n_train} train questions: {source or origin} has {len(records)} "
+                                                f"distinct questions, so --n-train must be 1 to {len(records) - 1} "
+                                                "(the rest are dev)")
         train, dev = split(records, n_train, seed)
     train, val = carve_val(train, val_frac, seed)
+    (out_dir / "MANIFEST.json").unlink(missing_ok=True)  # never a manifest of other files
     assert not {norm_question(r["question"]) for r in train} & {norm_question(r["question"]) for r in dev + val}
 
     def cot(r):

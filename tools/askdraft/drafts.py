@@ -11,16 +11,15 @@ Resumable: each finished batch is appended (and flushed) to <split>.jsonl.partia
 keeps those rows and generates only the rest; the final file is renamed into place at the end,
 and a split whose final file already covers every question is skipped without loading the model.
 """
-import json
 import os
 from pathlib import Path
 
 from askdraft import templates
 from askdraft.data import FILES
-from askdraft.io import InputError, atomic_open, dumps, read_jsonl, write_json, write_jsonl
+from askdraft.io import InputError, atomic_open, dumps, positive_int, write_json, write_jsonl
+from askdraft.records import DRAFT_FIELDS as FIELDS, read_drafts, read_split
 
 SPLITS = {"train": FILES["cot"], "dev": FILES["dev"], "val": FILES["val"]}
-FIELDS = ("question", "draft", "tentative", "answer")
 
 
 def check_dirs(base, adapter=None):
@@ -78,22 +77,12 @@ def draft_row(question, draft, answer):
 
 
 def load_done(path, gold):
-    """{question: row} already written to `path` (a final or .partial file). A torn last line
-    (a kill mid-write) is ignored; anything else malformed is an error naming the line."""
-    done, lines = {}, Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
-    for n, raw in enumerate(lines, 1):
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError:
-            if n == len(lines) and not raw.endswith("\n"):
-                break
-            raise InputError(path, n, "malformed JSON (delete the file to regenerate)") from None
-        if not isinstance(row, dict) or sorted(row) != sorted(FIELDS):
-            raise InputError(path, n, f"expected fields {list(FIELDS)} (delete the file to regenerate)")
-        if row["question"] in gold and row["answer"] != gold[row["question"]]:
-            raise InputError(path, n, "gold answer differs from the split file (a stale file? delete it)")
-        done[row["question"]] = row
-    return done
+    """{question: row} already written to `path` (a final or .partial file), read by
+    records.read_drafts(resume=True): a torn last line (a kill mid-write) is ignored; anything
+    else malformed is an error naming the line. Rows of questions outside `gold` are kept
+    (the caller filters them)."""
+    return {r["question"]: {k: r[k] for k in FIELDS}
+            for r in read_drafts(path, gold=gold, gold_path="the split file", unknown="keep", resume=True)}
 
 
 def counts(rows):
@@ -108,10 +97,8 @@ def draft_split(split_file, out, model_fn, batch_size=16, limit=None, **gen):
     """Write `out` for the questions of `split_file`; model_fn() loads the model on first need."""
     from tqdm import tqdm
 
-    rows = read_jsonl(split_file, required=("question", "teacher_final"), optional=("teacher_cot", "teacher_steps"))
-    for r in rows:
-        if r["teacher_final"] not in templates.ANSWERS:
-            raise InputError(split_file, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")
+    check_sizes(batch_size, limit)
+    rows = read_split(split_file)
     gold = {r["question"]: r["teacher_final"] for r in rows[:limit]}
     out, partial = Path(out), Path(f"{out}.partial")
     done = load_done(out, gold) if out.is_file() else {}
@@ -142,6 +129,13 @@ def draft_split(split_file, out, model_fn, batch_size=16, limit=None, **gen):
     return {**counts(final), "skipped": False}
 
 
+def check_sizes(batch_size, limit):
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError("--batch-size", None, f"must be a whole number >= 1, got {batch_size!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise InputError("--limit", None, f"must be a whole number >= 1 (the first N questions), got {limit!r}")
+
+
 def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root="data/drafts",
         batch_size=16, limit=None, device=None, load_in_4bit=False, seed=0, **gen):
     """Drafts for each split; returns {split: counts} and writes REPORT.json beside them."""
@@ -154,6 +148,7 @@ def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root
             loaded.append(load_model(base, adapter, device, load_in_4bit))
         return loaded[0]
 
+    check_sizes(batch_size, limit)
     check_dirs(base, adapter)
     out_dir = Path(out_root) / name
     report = {}
@@ -186,12 +181,12 @@ def add_cli(sub):
     p.add_argument("--splits", default="train,dev")
     p.add_argument("--data", default="data", help="folder with the split files")
     p.add_argument("--out-root", default="data/drafts")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="for sampling")
-    p.add_argument("--limit", type=int, help="first N questions of each split")
+    p.add_argument("--limit", type=positive_int, help="first N questions of each split")
     p.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")
     p.add_argument("--load-in-4bit", action="store_true", help="NF4 base (bitsandbytes, GPU)")
     p.set_defaults(func=cmd)

@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from askdraft import REPO_ROOT, git_commit, stats
-from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
+from askdraft.io import InputError, positive_int, read_jsonl, sha256_file, write_json, write_jsonl
+from askdraft.records import read_split
 
 ABLATIONS = {"draft": "strategyqa_draft", "nodraft": "strategyqa_nodraft",
              "shuffled": "strategyqa_shuffleddraft"}
@@ -109,13 +110,14 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
 
     if limit:  # the first `limit` dev questions as the split itself: drafts (and the shuffled
         # derangement) then need to cover only those, as `askdraft drafts --limit` writes them
-        dev_rows = read_jsonl(dev, allow_extra=True)[:limit]
+        dev_rows = read_split(dev)[:limit]
         dev = Path(results) / model_name / "evals" / f".dev_first{limit}.jsonl"
         write_jsonl(dev, dev_rows)
     metadata = {"dev": str(Path(dev).resolve()), "shuffle_seed": shuffle_seed}
     if drafts is not None:
         metadata["drafts"] = str(Path(drafts).resolve())
     manager = TaskManager(include_path=str(REPO_ROOT / "lm_eval_tasks"), metadata=metadata)
+    check_task_names(tasks, manager.all_tasks)
     # loads the datasets, so bad input fails before the model loads; groups become their tasks
     leaves = _leaves(get_task_dict([t for t in tasks if not done(t)], manager))
     todo = {name: task for name, task in leaves.items() if not done(name)}
@@ -153,6 +155,20 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
         accs[task] = acc
         print(f"{stage}.{task}: {metric} {acc:.4f} over {len(rows)} questions -> {jsonl}")
     return accs
+
+
+def check_task_names(tasks, known):
+    """An InputError naming the unknown task(s), the closest known names and this repo's tasks
+    (lm-eval itself raises a bare KeyError deep in get_task_dict)."""
+    import difflib
+
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        near = {t: difflib.get_close_matches(t, list(known), n=1, cutoff=0.75) for t in unknown}
+        hints = "; ".join(f"{t!r}: did you mean {m[0]!r}?" for t, m in near.items() if m)
+        ours = sorted(t for t in known if t.startswith("strategyqa"))
+        raise InputError("--tasks", None, f"unknown lm-eval task(s) {unknown}" + (f" ({hints})" if hints else "")
+                         + f"; this repo's tasks: {ours}")
 
 
 def _leaves(task_dict):
@@ -348,7 +364,7 @@ def add_cli(sub):
     p.add_argument("--dev", type=Path, default=Path(DEFAULT_DEV))
     p.add_argument("--tasks", required=True, type=lambda s: [t for t in s.split(",") if t],
                    help="comma-separated, e.g. strategyqa,strategyqa_draft")
-    p.add_argument("--limit", type=int, help="first N dev questions only (tests, smoke runs)")
+    p.add_argument("--limit", type=positive_int, help="first N dev questions only (tests, smoke runs)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--shuffle-seed", type=int, default=1234)
     p.add_argument("--results", type=Path, default=Path("results"))

@@ -41,7 +41,8 @@ import openai
 from tqdm import tqdm
 
 from askdraft import stats, templates
-from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
+from askdraft.io import InputError, positive_int, sha256_file, write_json, write_jsonl
+from askdraft.records import drafts_by_question
 
 ORDERS = ("12", "21")            # "12": model 1's draft is A; "21": model 1's draft is B
 PLACEHOLDER_KEY = "no-key-needed"  # sent to servers that need no key (vLLM, transformers serve)
@@ -56,19 +57,9 @@ class JudgeError(RuntimeError):
 
 # ---------------------------------------------------------------- inputs
 def load_drafts(path):
-    """{question: row} from a drafts JSONL ({question, draft, ...}), rows keep their `_line`."""
-    rows = read_jsonl(path, required=("question", "draft"), allow_extra=True)
-    by_question = {}
-    for row in rows:
-        for field in ("question", "draft"):
-            if not isinstance(row[field], str):
-                raise InputError(path, row["_line"], f"field {field!r} must be a string")
-        q = row["question"].strip()
-        if q in by_question:
-            raise InputError(path, row["_line"],
-                             f"duplicate question (first at line {by_question[q]['_line']}): {q!r}")
-        by_question[q] = row
-    return by_question
+    """{question: row} from a drafts JSONL (records.read_drafts: an empty draft is a real
+    outcome of `askdraft drafts` and is judged as it is); rows keep their `_line`."""
+    return drafts_by_question(path)
 
 
 def match_drafts(path_1, path_2, limit=None):
@@ -151,6 +142,26 @@ def combine(verdict_12, verdict_21):
 
 
 # ---------------------------------------------------------------- calls
+def reply_text(resp):
+    """The text of a chat-completion reply. A 200 reply that is not one (an HTML page, a JSON
+    array, no choices, a choice without a message or without string content) is a ValueError
+    that says what came instead: a failed call, never a crash of the run."""
+    choices = getattr(resp, "choices", None)
+    if not isinstance(choices, list):
+        raise ValueError(f"the server's reply is not a chat completion: {_preview(resp)}")
+    if not choices:
+        raise ValueError("response has no message content (no choices)")
+    content = getattr(getattr(choices[0], "message", None), "content", None)
+    if not isinstance(content, str):
+        raise ValueError(f"response has no message content: first choice {_preview(choices[0])}")
+    return content
+
+
+def _preview(obj, n=120):
+    text = obj if isinstance(obj, str) else repr(obj)
+    return repr(" ".join(text.split())[:n])
+
+
 class Judge:
     """One judge model behind an OpenAI-compatible endpoint, with a disk cache and retries."""
 
@@ -193,14 +204,9 @@ class Judge:
             rec["attempts"] = attempt + 1
             try:
                 resp = self.client.chat.completions.create(model=self.model, messages=messages, **self.params)
-                if not resp.choices:
-                    rec["content"] = None
-                elif self.mode == "letter":
+                rec["content"] = reply_text(resp)  # a reply that is not a chat completion raises here
+                if self.mode == "letter":
                     rec["content"] = letter_content(resp)
-                else:
-                    rec["content"] = resp.choices[0].message.content
-                if rec["content"] is None:
-                    raise ValueError("response has no message content")
                 rec["error"] = None
                 break
             except (openai.APIError, ValueError) as e:
@@ -244,7 +250,11 @@ def run(items, judge, concurrency=4, name_1="model_1", name_2="model_2"):
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
             tqdm(total=len(tasks), desc=f"judge {name_1} vs {name_2}", unit="call") as bar:
         def one(task):
-            rec = judge.ask(task[2])
+            try:
+                rec = judge.ask(task[2])
+            except Exception as e:  # never lose the other calls' results to one surprise
+                rec = {"cache_key": None, "cached": False, "attempts": 1, "content": None,
+                       "winner": None, "reason": None, "error": f"internal error: {judge._describe(e)}"}
             bar.update()
             return rec
         records = list(pool.map(one, tasks))
@@ -360,7 +370,7 @@ def add_cli(sub):
     p.add_argument("--cache-dir", type=Path, default=Path(".cache/judge"))
     p.add_argument("--out", type=Path, help="results JSON (default results/judge_<a>_vs_<b>.json)")
     p.add_argument("--calls-out", type=Path, help="per-call JSONL (default: beside --out, .calls.jsonl)")
-    p.add_argument("--limit", type=int, help="judge only the first N questions")
+    p.add_argument("--limit", type=positive_int, help="judge only the first N questions")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     p.add_argument("--retries", type=int, default=3, help="retries per call, exponential back-off")
     p.add_argument("--backoff", type=float, default=1.0, help="first back-off in seconds")

@@ -22,7 +22,8 @@ from collections import Counter
 from pathlib import Path
 
 from askdraft import templates
-from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
+from askdraft.io import InputError, sha256_file, write_json, write_jsonl
+from askdraft.records import check_pair, read_drafts, split_gold
 
 MODES = ("draft", "answer")
 DROP_REASONS = ("empty_draft", "unparsed", "too_long")
@@ -30,37 +31,17 @@ DROP_REASONS = ("empty_draft", "unparsed", "too_long")
 
 def load_gold(path):
     """{question: "yes"|"no"} from a split file (data/strategyqa_{train_cot,dev}.jsonl)."""
-    gold = {}
-    for r in read_jsonl(path, required=("question", "teacher_final"), optional=("teacher_cot", "teacher_steps")):
-        if r["teacher_final"] not in templates.ANSWERS:
-            raise InputError(path, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")
-        gold[r["question"]] = r["teacher_final"]
-    return gold
+    return split_gold(path)
 
 
 def load_drafts(path, gold, gold_path, allow_empty=False):
-    """Checked drafts rows ({question, draft, tentative?, answer?}) in file order."""
-    rows = read_jsonl(path, required=("question",), optional=("draft", "tentative", "answer"))
-    seen = {}
-    for r in rows:
-        line, q = r["_line"], r["question"]
-        if "draft" not in r:
-            raise InputError(path, line, "missing field(s) ['draft']")
-        if not isinstance(r["draft"], str) or not isinstance(q, str):
-            raise InputError(path, line, "question and draft must be strings")
-        if not r["draft"].strip() and not allow_empty:
-            raise InputError(path, line, "empty draft (pass --allow-empty to drop such rows)")
-        if q in seen:
-            raise InputError(path, line, f"duplicate question (first at line {seen[q]})")
-        seen[q] = line
-        if q not in gold:
-            raise InputError(path, line, f"question not found in the gold file {gold_path}: {q[:60]!r}")
-        if "answer" in r and r["answer"] not in templates.ANSWERS:
-            raise InputError(path, line, f"answer {r['answer']!r} is not yes/no")
-        if "answer" in r and r["answer"] != gold[q]:
-            raise InputError(path, line, f"answer {r['answer']!r} disagrees with {gold_path} ({gold[q]!r})")
-        if r.get("tentative", "yes") not in (*templates.ANSWERS, "unparsed"):
-            raise InputError(path, line, f"tentative {r['tentative']!r} is not yes/no/unparsed")
+    """Checked drafts rows ({question, draft, tentative?, answer?}) in file order
+    (records.read_drafts; every question must be in the gold file)."""
+    rows = read_drafts(path, gold=gold, gold_path=gold_path)
+    if not allow_empty:
+        for r in rows:
+            if not r["draft"].strip():
+                raise InputError(path, r["_line"], "empty draft (pass --allow-empty to drop such rows)")
     return rows
 
 
@@ -133,6 +114,13 @@ def report_path(out):
 
 
 def write(pairs, report, out):
+    seen = {}
+    for i, p in enumerate(pairs, 1):  # what phase C will read: the rules of records.read_pairs
+        check_pair(p, out, i)
+        key = (p["prompt"], p["chosen"], p["rejected"])
+        if key in seen:
+            raise InputError(out, i, f"duplicate pair (first at line {seen[key]}), not written")
+        seen[key] = i
     write_jsonl(out, pairs)
     write_json(report_path(out), {**report, "out": str(out), "out_sha256": sha256_file(out)})
 

@@ -1,5 +1,6 @@
 """`askdraft recipe`: a recipe with profile files and key=value overrides applied, written as
 a new YAML for `axolotl train` (what `make` runs on a CPU or in the smoke profile)."""
+import re
 import sys
 from pathlib import Path
 
@@ -9,6 +10,27 @@ from askdraft import REPO_ROOT
 from askdraft.io import InputError, atomic_open
 
 PROFILE_DIR = REPO_ROOT / "recipes" / "profiles"
+BOOL = "tag:yaml.org,2002:bool"
+
+
+class OverrideLoader(yaml.SafeLoader):
+    """YAML for --set values with YAML 1.2 booleans: only true / false (any case) are booleans,
+    so `save_strategy=no` stays the string "no" (YAML 1.1, PyYAML's default, reads yes / no /
+    on / off / y / n as booleans). Everything else is PyYAML's safe loading."""
+
+
+OverrideLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+OverrideLoader.add_implicit_resolver(BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def override_value(text):
+    """The value of a --set key=value: YAML (numbers, lists, mappings, null) with 1.2 booleans."""
+    try:
+        return yaml.load(text, Loader=OverrideLoader)
+    except yaml.YAMLError as e:
+        raise InputError("<command line>", None, f"--set value {text!r} is not valid YAML: {e}") from None
 
 
 def load_yaml(path):
@@ -34,7 +56,7 @@ def compose(recipe, profiles=(), overrides=()):
         key, sep, value = item.partition("=")
         if not sep:
             raise InputError("<command line>", None, f"override {item!r} is not key=value")
-        set_key(cfg, key, yaml.safe_load(value))
+        set_key(cfg, key, override_value(value))
     return cfg
 
 

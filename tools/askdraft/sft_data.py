@@ -12,7 +12,8 @@ from pathlib import Path
 
 from askdraft import templates
 from askdraft.data import FILES, check_no_leak
-from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
+from askdraft.io import InputError, write_json, write_jsonl
+from askdraft.records import read_split
 
 SFT_FILES = {"a": "phase_a.jsonl", "b": "phase_b.jsonl"}
 
@@ -33,15 +34,8 @@ def row(prompt, completion, bos, eos):
     return {"segments": [{"label": False, "text": bos + prompt}, {"label": True, "text": completion + eos}]}
 
 
-def _labels(path, rows):
-    for r in rows:
-        if r["teacher_final"] not in templates.ANSWERS:
-            raise InputError(path, r["_line"], f"teacher_final {r['teacher_final']!r} is not yes/no")
-
-
 def phase_a_rows(path, tok):
-    rows = read_jsonl(path, required=("question", "teacher_final"), optional=("teacher_cot", "teacher_steps"))
-    _labels(path, rows)
+    rows = read_split(path)
     bos, eos = special_texts(tok)
     return [row(templates.answer_prompt(r["question"]), templates.answer_completion(r["teacher_final"]), bos, eos)
             for r in rows]
@@ -94,8 +88,7 @@ def shorten_steps(tok, question, steps, answer, max_len, bos, eos):
 
 
 def phase_b_rows(path, tok, max_len):
-    rows = read_jsonl(path, required=("question", "teacher_cot", "teacher_final"), optional=("teacher_steps",))
-    _labels(path, rows)
+    rows = read_split(path, cot=True)
     bos, eos = special_texts(tok)
     out, shortened, dropped = [], 0, []
     for r in rows:
@@ -115,8 +108,8 @@ def build(data_dir, base, out_dir=None, max_len=128, limit=None):
     data_dir = Path(data_dir)
     out_dir = Path(out_dir or data_dir / "sft")
     tok = load_tokenizer(base)
-    for train in (FILES["cot"], FILES["baseline"]):
-        check_no_leak(data_dir / train, data_dir / FILES["dev"])
+    for train in ("baseline", "cot"):  # both train files feed a phase
+        check_no_leak(data_dir / FILES[train], data_dir / FILES["dev"])
     a = phase_a_rows(data_dir / FILES["baseline"], tok)[:limit]
     b, shortened, dropped = phase_b_rows(data_dir / FILES["cot"], tok, max_len)
     b = b[:limit]
