@@ -286,7 +286,7 @@ def test_data_source_rows(tmp_path, line, bad, msg):
     rows[line - 1] = bad
     source(tmp_path / "src.jsonl", rows=rows)
     with pytest.raises(InputError, match=rf"src\.jsonl:{line}: {msg}"):
-        data.build(tmp_path / "out", source=tmp_path / "src.jsonl", n_train=10)
+        data.build(tmp_path / "out", source=tmp_path / "src.jsonl", n_train=10, teacher="explanation")
     assert not (tmp_path / "out").exists()
 
 
@@ -296,10 +296,10 @@ def test_data_source_files(tmp_path):
     raw = src.read_bytes()
     src.write_bytes(raw[:40] + b"\xff" + raw[40:])
     with pytest.raises(InputError, match=r"src\.jsonl:1: not UTF-8 text \(byte 0xff"):
-        data.build(tmp_path / "out", source=src, n_train=10)
+        data.build(tmp_path / "out", source=src, n_train=10, teacher="explanation")
     src.write_bytes(b"")
     with pytest.raises(InputError, match=r"src\.jsonl: no rows"):
-        data.build(tmp_path / "out", source=src, n_train=10)
+        data.build(tmp_path / "out", source=src, n_train=10, teacher="explanation")
     j = tmp_path / "src.json"
     for doc, msg in (({"rows": []}, r"src\.json: a \.json source is a list .* keys \['rows'\]"),
                      ("yes", r"src\.json: a \.json source is a list of objects; got a JSON string"),
@@ -307,16 +307,16 @@ def test_data_source_files(tmp_path):
                      ({"examples": [{"input": "Q?", "target_scores": [1]}]}, r"src\.json:example 1: target_scores")):
         j.write_text(json.dumps(doc))
         with pytest.raises(InputError, match=msg):
-            data.build(tmp_path / "out", source=j, n_train=10)
+            data.build(tmp_path / "out", source=j, n_train=10, teacher="explanation")
     j.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows[:3]) + ',\n"oops"\n]')
     with pytest.raises(InputError, match=r"src\.json:5: expected a JSON object, got a JSON string"):
-        data.build(tmp_path / "out", source=j, n_train=10)
+        data.build(tmp_path / "out", source=j, n_train=10, teacher="explanation")
     assert not (tmp_path / "out").exists()
     # a UTF-8 BOM is accepted, in JSONL and JSON alike, and gives the same split
     src.write_bytes(b"\xef\xbb\xbf" + raw)
-    m1 = data.build(tmp_path / "a", source=src, n_train=10)
+    m1 = data.build(tmp_path / "a", source=src, n_train=10, teacher="explanation")
     j.write_bytes(b"\xef\xbb\xbf" + json.dumps(rows, indent=1).encode())
-    m2 = data.build(tmp_path / "b", source=j, n_train=10)
+    m2 = data.build(tmp_path / "b", source=j, n_train=10, teacher="explanation")
     assert [s["sha256"] for s in m1["splits"].values()] == [s["sha256"] for s in m2["splits"].values()]
 
 
@@ -324,15 +324,15 @@ def test_data_n_train_is_checked_before_anything_is_written(tmp_path):
     src = tmp_path / "src.jsonl"
     source(src)
     out = tmp_path / "out"
-    data.build(out, source=src, n_train=10)
+    data.build(out, source=src, n_train=10, teacher="explanation")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     for n in (0, -1, 20, 25):
         with pytest.raises(InputError, match=rf"--n-train: {n} train questions: .* has 20 distinct questions, "
                                              r"so --n-train must be 1 to 19"):
-            data.build(out, source=src, n_train=n)
+            data.build(out, source=src, n_train=n, teacher="explanation")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # split files and MANIFEST untouched
     r = subprocess.run([sys.executable, "-m", "askdraft.cli", "data", "--source", str(src), "--out", str(out),
-                        "--n-train", "0"], capture_output=True, text=True)
+                        "--n-train", "0", "--teacher", "explanation"], capture_output=True, text=True)
     assert r.returncode == 2 and "error: --n-train: 0 train questions" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -340,7 +340,7 @@ def test_sft_data_checks_leakage_into_train_baseline_too(tmp_path, tiny_llama_di
     src = tmp_path / "src.jsonl"
     source(src)
     out = tmp_path / "data"
-    data.build(out, source=src, n_train=14)
+    data.build(out, source=src, n_train=14, teacher="explanation")
     dev = records.read_split(out / data.FILES["dev"])
     base = out / data.FILES["baseline"]
     base.write_text(base.read_text() + json.dumps({"question": dev[2]["question"], "teacher_final": "yes"}) + "\n")
