@@ -198,7 +198,18 @@ def chain(name, hub_dir, work):
                      output_dir=str(work / "c_out"), num_epochs=1, micro_batch_size=N_PAIRS,
                      gradient_accumulation_steps=1, save_strategy="no", warmup_ratio=0.0,
                      askdraft_schedule=[{"epochs": [1, 1], "beta": 0.1}])
-    in_dir(work, axolotl_train, recipe)
+    from trl import DPOTrainer
+    r.trl_rows, real_prepare = [], DPOTrainer._prepare_dataset
+
+    def prepare_spy(self, *args, **kwargs):  # the pairs as TRL tokenized them (in a worker process)
+        out = real_prepare(self, *args, **kwargs)
+        r.trl_rows += list(out)
+        return out
+    DPOTrainer._prepare_dataset = prepare_spy
+    try:
+        in_dir(work, axolotl_train, recipe)
+    finally:
+        DPOTrainer._prepare_dataset = real_prepare
     r.dpo_adapter = work / "c_out"
 
     # lm-eval over the training questions (so its prompts meet Axolotl's rows), with the SFT
@@ -343,3 +354,20 @@ def test_answer_logprob_two_ways(runs, name):
             for answer, ll in row["loglik"].items():
                 assert any(abs(v - ll) < 1e-6 for ((c, cont), _, _), v in r.scored
                            if row["question"] in c and cont == templates.answer_completion(answer)), (task, row)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_dpo_tokens_are_scored_tokens(runs, name):
+    """Phase C: TRL's prompt ids and chosen ids (+ EOS, which TRL appends) for each pair == the
+    context and continuation ids lm-eval's strategyqa_draft scores for that question and draft."""
+    from transformers import AutoTokenizer
+
+    r = runs(name)
+    tok = AutoTokenizer.from_pretrained(r.base)
+    scored = {pair: (list(ctx), list(cont)) for (pair, ctx, cont), _ in r.scored}
+    assert len(r.trl_rows) == len(r.pairs)
+    for row in r.trl_rows:
+        ctx_ids, cont_ids = scored[(row["prompt"], row["chosen"].removesuffix(tok.eos_token))]
+        assert row["prompt_ids"] == ctx_ids, (tok.convert_ids_to_tokens(row["prompt_ids"]), tok.convert_ids_to_tokens(ctx_ids))
+        assert row["chosen_ids"] == cont_ids + [tok.eos_token_id]
