@@ -67,6 +67,16 @@ def family_dirs(tmp_path_factory, corpus):
     return get
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread (2 shared CPU cores: two threads wait on each other), restored afterwards."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tokenizer(path):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path)
@@ -158,7 +168,6 @@ def chain(name, hub_dir, work):
     from askdraft.data import FILES
     from askdraft.io import write_jsonl
 
-    torch.set_num_threads(1)  # 2 shared cores: one thread is faster under contention
     r = Run()
     r.work, r.hub = work, hub_dir
     data = work / "data"
@@ -371,3 +380,11 @@ def test_dpo_tokens_are_scored_tokens(runs, name):
         ctx_ids, cont_ids = scored[(row["prompt"], row["chosen"].removesuffix(tok.eos_token))]
         assert row["prompt_ids"] == ctx_ids, (tok.convert_ids_to_tokens(row["prompt_ids"]), tok.convert_ids_to_tokens(ctx_ids))
         assert row["chosen_ids"] == cont_ids + [tok.eos_token_id]
+
+
+def test_dpo_plugin_leaves_later_sft_configs_alone():
+    """The chain trains SFT after phase C in one process (as a user's notebook or run_stages can):
+    axolotl calls every loaded plugin's hooks, so askdraft_dpo must not touch an SFT trainer."""
+    from askdraft_dpo import AskDraftDPOPlugin
+
+    assert AskDraftDPOPlugin().add_callbacks_post_trainer({"plugins": ["askdraft_fastprep.FastPrepPlugin"]}, object()) == []
