@@ -5,7 +5,8 @@ family's architecture built from a config. Nothing is downloaded.
 
 | family  | mirrors                             | tokenizer                                                   | BOS added         | EOS          | pad          |
 |---------|-------------------------------------|-------------------------------------------------------------|-------------------|--------------|--------------|
-| llama2  | meta-llama/Llama-2-7b-hf            | SentencePiece BPE, byte fallback, dummy prefix (legacy normalizer: Prepend + Replace) | `<s>` | `</s>` | none |
+| llama2  | meta-llama/Llama-2-7b-hf            | SentencePiece BPE, byte fallback, dummy prefix (tokenizer.json: Prepend + Replace normalizer; with `legacy: false` transformers 5 loads it as Metaspace prepend_scheme "first") | `<s>` | `</s>` | none |
+| llama2-legacy | the same with `legacy: true`   | as llama2; transformers prepends "▁" after every special token too | `<s>` | `</s>` | none |
 | mistral | mistralai/Mistral-7B-v0.3           | SentencePiece BPE, byte fallback, Metaspace prepend_scheme "first" (non-legacy) | `<s>` | `</s>`       | none         |
 | gemma   | google/gemma-2b                     | SentencePiece BPE, byte fallback, no dummy prefix           | `<bos>`           | `<eos>`      | `<pad>`      |
 | llama3  | meta-llama/Llama-3.1-8B-Instruct    | byte-level BPE, Llama-3 split regex (tiktoken style)        | `<|begin_of_text|>` | `<|eot_id|>` | none       |
@@ -44,6 +45,9 @@ class Family:
 
 FAMILIES = {
     "llama2": Family("llama2", "meta-llama/Llama-2-7b-hf", "LlamaForCausalLM", "<s>", "</s>", None, True),
+    # the same files with legacy: true (as axolotl's `tokenizer_legacy: true` asks): transformers then
+    # prepends "▁" to every text between special tokens (Metaspace prepend_scheme "always")
+    "llama2-legacy": Family("llama2-legacy", "meta-llama/Llama-2-7b-hf", "LlamaForCausalLM", "<s>", "</s>", None, True),
     "mistral": Family("mistral", "mistralai/Mistral-7B-v0.3", "MistralForCausalLM", "<s>", "</s>", None, True),
     "gemma": Family("gemma", "google/gemma-2b", "GemmaForCausalLM", "<bos>", "<eos>", "<pad>", True),
     "llama3": Family("llama3", "meta-llama/Llama-3.1-8B-Instruct", "LlamaForCausalLM",
@@ -103,7 +107,7 @@ def sp_decoder(strip_prefix):
     return decoders.Sequence(seq + ([decoders.Strip(" ", 1, 0)] if strip_prefix else []))
 
 
-def build_llama2(out, corpus):
+def build_llama2(out, corpus, legacy=False):
     """meta-llama/Llama-2-7b-hf: the Hub's tokenizer.json has the legacy normalizer (Prepend "▁",
     Replace " " -> "▁", applied to each text between special tokens), no pre-tokenizer, BOS by
     the post-processor; tokenizer_config: LlamaTokenizer, add_bos_token true, pad_token null."""
@@ -116,7 +120,7 @@ def build_llama2(out, corpus):
     tok.post_processor = bos_template(tok, "<s>")
     write(out, tok, proto, {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
                             "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
-                            "legacy": False, "clean_up_tokenization_spaces": False, "padding_side": "right",
+                            "legacy": legacy, "clean_up_tokenization_spaces": False, "padding_side": "right",
                             "sp_model_kwargs": {}})
 
 
@@ -221,7 +225,8 @@ def write(out, tok, proto, config):
     (out / "special_tokens_map.json").write_text(json.dumps(special_map, indent=2))
 
 
-BUILDERS = {"llama2": build_llama2, "mistral": build_mistral, "gemma": build_gemma,
+BUILDERS = {"llama2": build_llama2, "llama2-legacy": lambda out, corpus: build_llama2(out, corpus, legacy=True),
+            "mistral": build_mistral, "gemma": build_gemma,
             "llama3": build_llama3, "qwen2": build_qwen2}
 
 
@@ -235,7 +240,7 @@ def model_config(family, tok):
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                   initializer_range=0.2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id)
-    if family.name == "llama2":
+    if family.name in ("llama2", "llama2-legacy"):
         return LlamaConfig(**common, tie_word_embeddings=False, rms_norm_eps=1e-5)
     if family.name == "llama3":
         return LlamaConfig(**common, tie_word_embeddings=False, rope_theta=500000.0)
