@@ -165,7 +165,6 @@ def runs(tmp_path_factory, family_dirs):
 
 
 def chain(name, hub_dir, work):
-    import torch
     from lm_eval.models.huggingface import HFLM
 
     from askdraft import base_model, drafts, evaluate, pairs, sft_data
@@ -176,7 +175,7 @@ def chain(name, hub_dir, work):
     r.work, r.hub = work, hub_dir
     data = work / "data"
     cot = split_rows(FILES["cot"], N_TRAIN)
-    write_jsonl(data / FILES["cot"], [{k: v for k, v in x.items() if not k.startswith("_")} for x in cot])
+    write_jsonl(data / FILES["cot"], cot)
     base_rows = {x["question"]: x for x in split_rows(FILES["baseline"], 2000)}
     write_jsonl(data / FILES["baseline"], [base_rows[x["question"]] for x in cot])
     write_jsonl(data / FILES["dev"], split_rows(FILES["dev"], N_DEV))
