@@ -74,6 +74,8 @@ class AskDraftDPOPlugin(BasePlugin):
     def add_callbacks_post_trainer(self, cfg, trainer):
         from .trainer import AskDraftDPOTrainer, ScheduleCallback
 
+        if PLUGIN not in (cfg.get("plugins") or []):  # an SFT config after phase C in this process
+            return []
         if not isinstance(trainer, AskDraftDPOTrainer):
             raise TypeError(f"askdraft_dpo expected an AskDraftDPOTrainer, axolotl built {type(trainer).__name__}")
         args = AskDraftDPOArgs(**{k: cfg[k] for k in AskDraftDPOArgs.model_fields if cfg.get(k) is not None})

@@ -3,10 +3,10 @@
 Each row is {"segments": [{"label": false, "text": prompt}, {"label": true, "text": completion}]}:
 axolotl tokenises segments as they are (no chat template, no special tokens added) and
 trains on the labelled one only, so the prompt is byte-for-byte what lm-eval scores.
-BOS (when the tokenizer adds one) and EOS are written as text; they tokenise to the
-special ids. Phase B rows over the length limit get their rationale shortened, never the
-answer, and the count is reported: a decomposition draft keeps every sub-question and cuts the
-sub-answers (shorten_steps), an explanation is cut to a word prefix (shorten_rationale).
+BOS (when the tokenizer adds one, as a segment of its own) and EOS are written as text; they
+tokenise to the special ids. Phase B rows over the length limit get their rationale shortened,
+never the answer, and the count is reported: a decomposition draft keeps every sub-question and
+cuts the sub-answers (shorten_steps), an explanation is cut to a word prefix (shorten_rationale).
 """
 from pathlib import Path
 
@@ -31,7 +31,11 @@ def special_texts(tok):
 
 
 def row(prompt, completion, bos, eos):
-    return {"segments": [{"label": False, "text": bos + prompt}, {"label": True, "text": completion + eos}]}
+    """BOS is a segment of its own: axolotl encodes each segment as a text of its own, and a
+    SentencePiece tokenizer (Llama-2, Mistral) puts its "▁" word prefix only at the start of
+    a text: "<s>Question" would become "Qu","es","tion", where lm-eval scores BOS + "▁Question"."""
+    bos_segment = [{"label": False, "text": bos}] if bos else []
+    return {"segments": bos_segment + [{"label": False, "text": prompt}, {"label": True, "text": completion + eos}]}
 
 
 def phase_a_rows(path, tok):
