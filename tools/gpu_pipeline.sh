@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # `make pipeline` on a lent GPU host whose commands are cut at 10 minutes and whose checkout is
 # re-synced before each command: the run goes on in the background, in a copy of the checkout
-# under $WORK (default /tmp/askdraft-run), and each command waits on it. How it was used for
-# the committed H100/H200 runs: README, "GPU run".
+# under $WORK (default /tmp/askdraft-run), and each command waits on it. How the committed H100/H200
+# runs (results/README.md) were made: tools/gpu_bundle.sh and `make data` where PyPI is reachable;
+# on the host, command 1 (carrying .gpu .gpuparts1 data), command 2 (carrying .gpuparts2), then
+# `wait` again until it returns 0:
+#   . .gpu/env.sh .gpu && tools/gpu_pipeline.sh gguf .gpuparts1 && mkdir -p /tmp/data && cp -r data/. /tmp/data/
+#   . /tmp/site/env.sh && tools/gpu_pipeline.sh gguf .gpuparts2 && export ASKDRAFT_COMMIT=<commit> && \
+#     tools/gpu_pipeline.sh start PROFILE=gpu-fast PY=python3 JUDGE_SERVE=models/base/SmolLM2-135M-Instruct && \
+#     cp -r /tmp/data/. /tmp/askdraft-run/data/ && tools/gpu_pipeline.sh wait 540
+#   . /tmp/site/env.sh && tools/gpu_pipeline.sh wait 560; tools/gpu_pipeline.sh collect $OUT/run
+# `start` copies the checkout once (without the committed results) and runs `make pipeline` there in
+# the background; RUN=NAME ... start ... C_VARIANT=NAME runs a phase C variant beside the default run
+# once data/pairs.jsonl exists. On a GPU box with internet, plain `make pipeline PROFILE=gpu-fast` does all this.
 #   tools/gpu_pipeline.sh start [MAKE_VAR=VALUE ...]  copy the checkout once, start or resume the run
 #   tools/gpu_pipeline.sh wait SECONDS               until the run ends (its exit code) or SECONDS pass (3)
 #   tools/gpu_pipeline.sh collect DIR                results/<model>/ (as <model>.tgz) and the log into DIR

@@ -33,10 +33,12 @@ Mode = Literal["none", "seed", "published"]
 class ScheduleEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: tuple[int, int]
-    beta: float = Field(gt=0)
-    cal: Mode = "none"
-    robust: Mode = "none"
+    epochs: tuple[int, int] = Field(description="[first, last]: the 1-based epochs this entry covers, inclusive")
+    beta: float = Field(gt=0, description="DPO beta for these epochs")
+    cal: Mode = Field(default="none", description="calibration: none; seed (the detached batch mean of the "
+                      "log-gap subtracted before the sigmoid); published (Cal-DPO, Xiao et al. 2024)")
+    robust: Mode = Field(default="none", description="robustness: none; seed (drop the askdraft_drop_fraction "
+                         "most disagreeing pairs); published (Dr. DPO, Wu et al. 2024)")
 
     @field_validator("epochs")
     @classmethod
@@ -78,14 +80,31 @@ def askdraft_key_like(key):
 class AskDraftDPOArgs(BaseModel):
     """Mixed into axolotl's AxolotlInputConfig; the validators also see the other recipe keys."""
 
-    askdraft_schedule: list[ScheduleEntry] | None = None
-    askdraft_drop_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
-    askdraft_drop_score: Literal["margin", "policy", "loss"] = "margin"
-    askdraft_dr_beta_prime: float = Field(default=1.0, gt=0.0)
-    askdraft_free_memory_each_step: bool = True
-    askdraft_cudnn_attention: bool = True
-    askdraft_length_normalize: bool = False
-    askdraft_rpo_alpha: float = Field(default=0.0, ge=0.0)
+    askdraft_schedule: list[ScheduleEntry] | None = Field(
+        default=None, description="one entry per block of epochs, covering epochs 1, 2, ... without gaps; "
+        "unset: the seed's schedule (warm-up beta 0.05; epochs 2-3 beta 0.10 with cal: seed; epoch 4 "
+        "beta 0.10 with robust: seed). The last entry goes on past its epochs")
+    askdraft_drop_fraction: float = Field(
+        default=0.15, ge=0.0, lt=1.0, description="seed Dr-DPO: the share of each batch's pairs dropped from the loss")
+    askdraft_drop_score: Literal["margin", "policy", "loss"] = Field(
+        default="margin", description="seed Dr-DPO: which pairs are dropped: margin, the lowest reward margin "
+        "beta*h (the policy, relative to the reference, prefers the rejected answer most); policy, the lowest "
+        "log pi(chosen) - log pi(rejected); loss, the highest per-pair loss")
+    askdraft_dr_beta_prime: float = Field(
+        default=1.0, gt=0.0, description="published Dr. DPO: the temperature beta' of "
+        "-beta' log mean exp(-loss_i / beta')")
+    askdraft_free_memory_each_step: bool = Field(
+        default=True, description="keep Axolotl's gc.collect() + torch.cuda.empty_cache() after every "
+        "micro-step (flat memory on a small card); false is faster (dpo-fast profile)")
+    askdraft_cudnn_attention: bool = Field(
+        default=True, description="let SDPA use its cuDNN backend; false trains without it (cuDNN plans each "
+        "new sequence shape, ~3 ms of CPU an attention call) and restores it after training (dpo-fast profile)")
+    askdraft_length_normalize: bool = Field(
+        default=False, description="stabiliser: compare per-token mean log-probs instead of sums (a 2-token "
+        "answer against a 60-token draft is otherwise separable by length alone)")
+    askdraft_rpo_alpha: float = Field(
+        default=0.0, ge=0.0, description="stabiliser: add alpha times the chosen completion's per-token NLL "
+        "(RPO, arXiv 2404.19733; TRL's rpo_alpha), so the right answer's likelihood cannot fall while margins grow")
 
     @model_validator(mode="before")
     @classmethod

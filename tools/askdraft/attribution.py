@@ -281,7 +281,7 @@ def add_cli(subparsers):
 
 
 def main(argv=None):
-    from askdraft.cli import standalone
+    from askdraft.command import standalone
     return standalone(add_arguments, "attention_tools", __doc__, argv)
 
 

@@ -2,7 +2,7 @@
 import argparse
 import sys
 
-from askdraft.io import InputError
+from askdraft.command import run
 
 
 def main(argv=None):
@@ -12,22 +12,6 @@ def main(argv=None):
     for mod in (data, base_model, sft_data, recipe, drafts, pairs, evaluate, attribution, judge, report, kfold):
         mod.add_cli(sub)
     return run(p.parse_args(argv))
-
-
-def standalone(add_arguments, prog, doc, argv=None):
-    """A module's own script entry point (e.g. tools/build_dpo_pairs.py): its parser, then run()."""
-    p = add_arguments(argparse.ArgumentParser(prog=prog, description=doc,
-                                              formatter_class=argparse.RawDescriptionHelpFormatter))
-    return run(p.parse_args(argv))
-
-
-def run(args):
-    """Run a parsed command: bad input prints its message (file and line) and exits 2."""
-    try:
-        return args.func(args) or 0
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

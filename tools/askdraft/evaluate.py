@@ -18,7 +18,6 @@ summarize reads those files and computes, over the same dev questions:
 import datetime
 import importlib.metadata
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -396,16 +395,3 @@ def _summarize_cmd(a):
         print(f"{stage}: {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n']}")
     print(f"-> {Path(a.results) / a.model_name / 'summary.json'}")
     return 0
-
-
-def main(argv=None):
-    import argparse
-    p = argparse.ArgumentParser(prog="askdraft-evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_cli(p.add_subparsers(dest="cmd", required=True))
-    from askdraft.cli import run
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -160,7 +160,7 @@ def add_cli(sub):
 
 
 def main(argv=None):
-    from askdraft.cli import standalone
+    from askdraft.command import standalone
     return standalone(add_arguments, "build_dpo_pairs", __doc__, argv)
 
 

@@ -1,0 +1,23 @@
+"""Running a parsed command, shared by `askdraft <command>` (cli.py) and the seed's scripts
+(tools/build_dpo_pairs.py, tools/attention_tools.py): bad input prints its message (file and
+line) and exits 2. Imports nothing of the stages, so no stage module imports cli.py back."""
+import argparse
+import sys
+
+from askdraft.io import InputError
+
+
+def run(args):
+    """Run a parsed command (its `func`); an InputError becomes a message on stderr and exit 2."""
+    try:
+        return args.func(args) or 0
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def standalone(add_arguments, prog, doc, argv=None):
+    """A module's own script entry point (e.g. tools/build_dpo_pairs.py): its parser, then run()."""
+    p = add_arguments(argparse.ArgumentParser(prog=prog, description=doc,
+                                              formatter_class=argparse.RawDescriptionHelpFormatter))
+    return run(p.parse_args(argv))
