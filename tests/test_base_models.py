@@ -51,9 +51,11 @@ def corpus():
     """Training text for the tokenizers: the prompts and targets of 300 real questions, so the
     tiny vocabularies tokenize StrategyQA the way real ones do (whole words, merges)."""
     rows = split_rows("strategyqa_train_cot.jsonl", 300)
-    return [t for r in rows for t in (
+    texts = [t for r in rows for t in (
         templates.answer_prompt(r["question"]) + templates.answer_completion(r["teacher_final"]),
         templates.draft_prompt(r["question"]) + templates.draft_completion(r["teacher_cot"], r["teacher_final"]))]
+    # the question drafts outweigh the answers in 300 rows; a real vocabulary has " yes" / " no" whole
+    return texts + [f"Final answer: {a}" for a in templates.ANSWERS] * 200
 
 
 @pytest.fixture(scope="session")

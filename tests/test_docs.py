@@ -43,6 +43,8 @@ README_COMMANDS = {
                                    "tests/test_judge.py::test_serve_option_runs_transformers_serve_for_the_run_only",
     "make judge": "tests/test_judge.py::test_batch_outcomes_win_rate_and_cache",
     "make report": "tests/test_evaluate.py::test_report_and_notebook_on_real_results",
+    "make kfold": "tests/test_kfold.py::test_fold_folder_runs_the_repo_makefile_on_its_own_files (a fold's targets), "
+                  "::test_pool_concatenates_folds_and_recomputes_the_statistics (the pooling)",
     "axolotl train recipes/phase_a.yaml": "tests/test_phases_ab.py::test_phase_a_and_b_train_and_save",
     "axolotl train recipes/phase_b.yaml": "tests/test_phases_ab.py::test_phase_b_starts_from_phase_a_adapter",
     "axolotl train recipes/phase_c.yaml": "tests/test_phase_c_axolotl.py::test_phase_c_recipe_runs_the_schedule",

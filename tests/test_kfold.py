@@ -75,7 +75,7 @@ def test_fold_folder_runs_the_repo_makefile_on_its_own_files(tmp_path, smollm2_d
     plan = subprocess.run(["make", "-n", "-f", str(d / "Makefile"), "val-c", "sg-eval"], cwd=d, env=env,
                           capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr
-    assert "--name dpo_phaseC-answer-rpo_val --splits val" in plan.stdout
+    assert "--name dpo_phaseC-answer-rpo_val" in plan.stdout and "--splits val" in plan.stdout
     assert "--dev data/strategyqa_val.jsonl" in plan.stdout and "--profile c-answer-rpo" in plan.stdout
     assert "--stage SG" in plan.stdout and str(REPO_ROOT) not in plan.stdout.replace(str(REPO_ROOT / "tools"), "")
     with pytest.raises(kfold.InputError, match="unknown candidate"):
