@@ -349,3 +349,38 @@ def test_summary_and_report_with_attribution_and_judge(tmp_path):
         assert (tmp_path / "m" / png).stat().st_size > 1000
     with pytest.raises(InputError, match="no evaluation results"):
         evaluate.summarize("other", tmp_path)
+
+
+# ---------------------------------------------------------------- (f) tie-free scoring
+
+def test_float32_head_scores_a_bf16_model_in_float32(tiny_llama_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    ids = torch.tensor([[1, 5, 9, 12]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        hidden = model.model(input_ids=ids).last_hidden_state
+        evaluate.float32_head(model)
+        fixed = model(input_ids=ids).logits
+    assert plain.dtype == torch.bfloat16 and fixed.dtype == torch.float32
+    # the float32 head on the bf16 body's hidden states, computed by hand
+    by_hand = hidden.float() @ model.get_output_embeddings().weight.float().T
+    assert torch.allclose(fixed, by_hand, atol=1e-5)
+    # bf16 logits have ~3 significant digits: distinct float32 values collapse onto one bf16 value
+    assert plain.float().unique().numel() < fixed.unique().numel()
+
+
+@pytest.mark.slow
+def test_bf16_evaluate_counts_ties_and_scores_through_the_float32_head(tmp_path, tiny_llama_dir, real_data):
+    dev, _ = make_inputs(tmp_path, real_data)
+    evaluate.evaluate("t", "A", tiny_llama_dir, ["strategyqa"], dev=dev, results=tmp_path / "r", dtype="bfloat16")
+    jsonl, meta_path = evaluate.eval_paths(tmp_path / "r", "t", "A", "strategyqa")
+    meta = json.loads(meta_path.read_text())
+    rows = read_jsonl(jsonl, required=("question", "loglik", "tie"), allow_extra=True)
+    assert meta["dtype"] == "bfloat16" and meta["ties"] == sum(r["tie"] for r in rows) == 0
+    assert all(r["tie"] == int(r["loglik"]["yes"] == r["loglik"]["no"]) for r in rows)
+    # the scores are not bf16-rounded: their float32 values are not all representable in bf16
+    import torch
+    lls = torch.tensor([r["loglik"][a] for r in rows for a in ("yes", "no")])
+    assert (lls.to(torch.bfloat16).float() != lls).any()
