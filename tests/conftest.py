@@ -97,3 +97,14 @@ def smollm2_dir():
     from askdraft.base_model import build
     from askdraft.download import CACHE
     return build("embedded", out_root=CACHE / "test-models")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (2 shared CPU cores: two OpenMP threads wait on each other;
+    a forward pass measured 9x slower with 2 threads than with 1 while other jobs ran), restored after."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

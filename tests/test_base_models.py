@@ -70,14 +70,7 @@ def family_dirs(tmp_path_factory, corpus):
     return get
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread (2 shared CPU cores: two threads wait on each other), restored afterwards."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tokenizer(path):

@@ -27,13 +27,7 @@ LM_EVAL = Path(sys.executable).parent / "lm_eval"
 N = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,16 @@ def _recipe(tiny_llama_dir, tmp_path, **overrides):
     return path
 
 
+def _one_epoch_recipe(tiny_llama_dir, tmp_path, **keys):
+    """Phase C's recipe for one epoch of plain DPO on 8 synthetic pairs, 4 a step, plus `keys`."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(8)))
+    datasets = yaml.safe_load((REPO / "recipes/phase_c.yaml").read_text())["datasets"]
+    datasets[0]["path"] = str(data)
+    return _recipe(tiny_llama_dir, tmp_path, datasets=datasets, num_epochs=1, gradient_accumulation_steps=1,
+                   askdraft_schedule=[{"epochs": [1, 1], "beta": 0.1}], **keys)
+
+
 @pytest.mark.parametrize("bad, msg", [
     ({"askdraft_drop_fraction": 1.5}, "askdraft_drop_fraction\n  Input should be less than 1"),
     ({"askdraft_schedule": [{"epochs": [1, 2], "beta": 0.1}]}, "ends at epoch 2 but num_epochs is 4"),
@@ -167,13 +177,8 @@ def test_speed_switches(tiny_llama_dir, tmp_path, monkeypatch, fast):
 
     from axolotl.cli.main import cli
 
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(8)))
-    datasets = yaml.safe_load((REPO / "recipes/phase_c.yaml").read_text())["datasets"]
-    datasets[0]["path"] = str(data)
-    recipe = _recipe(tiny_llama_dir, tmp_path, datasets=datasets, num_epochs=1, gradient_accumulation_steps=1,
-                     askdraft_schedule=[{"epochs": [1, 1], "beta": 0.1}], save_strategy="no",
-                     askdraft_free_memory_each_step=not fast, askdraft_cudnn_attention=not fast)
+    recipe = _one_epoch_recipe(tiny_llama_dir, tmp_path, save_strategy="no",
+                               askdraft_free_memory_each_step=not fast, askdraft_cudnn_attention=not fast)
 
     collected_in_step, real_collect = [], gc.collect
     def collect(*args):
@@ -201,13 +206,8 @@ def test_stabiliser_keys_reach_the_loss(tiny_llama_dir, tmp_path, monkeypatch):
     logged chosen log-prob is per token, and the NLL term logged beside it is exactly its negative."""
     from axolotl.cli.main import cli
 
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in synthetic_pairs(8)))
-    datasets = yaml.safe_load((REPO / "recipes/phase_c.yaml").read_text())["datasets"]
-    datasets[0]["path"] = str(data)
-    recipe = _recipe(tiny_llama_dir, tmp_path, datasets=datasets, num_epochs=1, gradient_accumulation_steps=1,
-                     askdraft_schedule=[{"epochs": [1, 1], "beta": 0.1}], save_strategy="epoch",
-                     askdraft_length_normalize=True, askdraft_rpo_alpha=1.0)
+    recipe = _one_epoch_recipe(tiny_llama_dir, tmp_path, save_strategy="epoch",
+                               askdraft_length_normalize=True, askdraft_rpo_alpha=1.0)
     monkeypatch.setenv("AXOLOTL_DO_NOT_TRACK", "1")
     monkeypatch.chdir(tmp_path)
     cli.main(args=["train", str(recipe), "--launcher", "python"], prog_name="axolotl", standalone_mode=False)
