@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from askdraft import REPO_ROOT, drafts, pairs
+from askdraft import REPO_ROOT, drafts, models, pairs
 from askdraft.io import InputError, atomic_open, write_json
 from askdraft.recipe import compose
 
@@ -128,7 +128,7 @@ def main(argv=None):
     p.add_argument("--load-in-4bit", action="store_true", help="draft with an NF4 base (7B on 8 GB)")
     args = p.parse_args(argv)
     try:
-        drafts.check_dirs(args.start_base, args.start_adapter)
+        models.check_dirs(args.start_base, args.start_adapter)
         start, adapter = Path(args.start_base), Path(args.start_adapter)
         for k in range(1, args.rounds + 1):
             start, adapter = run_round(k, start, adapter, args)

@@ -79,10 +79,5 @@ class AskDraftDPOPlugin(BasePlugin):
         if not isinstance(trainer, AskDraftDPOTrainer):
             raise TypeError(f"askdraft_dpo expected an AskDraftDPOTrainer, axolotl built {type(trainer).__name__}")
         args = AskDraftDPOArgs(**{k: cfg[k] for k in AskDraftDPOArgs.model_fields if cfg.get(k) is not None})
-        trainer.drop_fraction = args.askdraft_drop_fraction
-        trainer.drop_score = args.askdraft_drop_score
-        trainer.beta_prime = args.askdraft_dr_beta_prime
-        trainer.free_memory_each_step = args.askdraft_free_memory_each_step
-        trainer.length_normalize = args.askdraft_length_normalize
-        trainer.rpo_alpha = args.askdraft_rpo_alpha
+        trainer.configure(args)
         return [ScheduleCallback(trainer, args.askdraft_schedule)]

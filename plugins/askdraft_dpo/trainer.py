@@ -14,7 +14,7 @@ from trl.trainer.utils import selective_log_softmax
 
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 
-from .args import SEED_SCHEDULE, entry_for_epoch
+from .args import SEED_SCHEDULE, AskDraftDPOArgs, entry_for_epoch
 from .losses import askdraft_loss, length_normalized, rpo_nll
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
@@ -44,10 +44,15 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         if bad := [k for k, v in unsupported.items() if v]:
             raise ValueError(f"askdraft_dpo computes its own loss and does not support DPO options {bad}")
         self.cal, self.robust = "none", "none"
-        self.drop_fraction, self.drop_score, self.beta_prime = 0.15, "margin", 1.0
         self._drop_carry, self.schedule_epoch = 0.0, 0
-        self.free_memory_each_step = True
-        self.length_normalize, self.rpo_alpha = False, 0.0
+        self.configure(AskDraftDPOArgs())  # the recipe keys' defaults; the plugin passes the recipe's
+
+    def configure(self, args):
+        """The recipe's plugin keys (an AskDraftDPOArgs): args.py holds every default."""
+        self.drop_fraction, self.drop_score = args.askdraft_drop_fraction, args.askdraft_drop_score
+        self.beta_prime = args.askdraft_dr_beta_prime
+        self.free_memory_each_step = args.askdraft_free_memory_each_step
+        self.length_normalize, self.rpo_alpha = args.askdraft_length_normalize, args.askdraft_rpo_alpha
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.free_memory_each_step:  # AxolotlDPOTrainer's: the step, then gc.collect() + empty_cache()

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from askdraft import stats
+from askdraft import models, stats
 from askdraft.io import InputError, write_json
 from askdraft.records import read_drafts, split_gold
 from askdraft.templates import answer_completion, answer_prompt
@@ -44,20 +44,8 @@ SENTINEL = "\x00DRAFT\x00"
 # ---------------------------------------------------------------- model
 
 def load_model(base, adapter=None, device=None):
-    """(model, tokenizer) in eval mode: float32 on CPU, bf16 on GPU; `adapter` is a PEFT dir."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    for path, marker in ((base, "config.json"), (adapter, "adapter_config.json")):
-        if path is not None and not (Path(path) / marker).is_file():
-            raise InputError(path, None, f"model directory not found (no {marker})")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    tok = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
-    if adapter is not None:
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, adapter)
-    model.eval().requires_grad_(False)
-    return model, tok
+    """(model, tokenizer) in eval mode, the adapter kept apart: askdraft.models.load_model."""
+    return models.load_model(base, adapter, device)
 
 
 # ---------------------------------------------------------------- spans and shares

@@ -14,7 +14,7 @@ and a split whose final file already covers every question is skipped without lo
 import os
 from pathlib import Path
 
-from askdraft import templates
+from askdraft import models, templates
 from askdraft.data import FILES
 from askdraft.io import InputError, atomic_open, dumps, positive_int, write_json, write_jsonl
 from askdraft.records import DRAFT_FIELDS as FIELDS, read_drafts, read_split
@@ -22,37 +22,11 @@ from askdraft.records import DRAFT_FIELDS as FIELDS, read_drafts, read_split
 SPLITS = {"train": FILES["cot"], "dev": FILES["dev"], "val": FILES["val"]}
 
 
-def check_dirs(base, adapter=None):
-    for d, marker in ((base, "config.json"), (adapter, "adapter_config.json")):
-        if d is not None and not (Path(d) / marker).is_file():
-            raise InputError(d, None, f"model directory not found (no {marker})")
-
-
 def load_model(base, adapter=None, device=None, load_in_4bit=False):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    check_dirs(base, adapter)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    kw = {"dtype": torch.bfloat16 if device.startswith("cuda") else torch.float32}
-    if load_in_4bit:  # a 7B student on an 8 GB card, as in training
-        from transformers import BitsAndBytesConfig
-        kw["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=kw["dtype"])
-        kw["device_map"] = {"": device}
-    tok = AutoTokenizer.from_pretrained(base)
+    """askdraft.models.load_model with the adapter merged and left padding, for batched generation."""
+    model, tok = models.load_model(base, adapter, device, load_in_4bit, merge=True)
     tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base, **kw)
-    if not load_in_4bit:
-        model = model.to(device)
-    if adapter:
-        from peft import PeftModel
-        model = PeftModel.from_pretrained(model, adapter)
-        if not load_in_4bit:
-            model = model.merge_and_unload()
-    return model.eval(), tok
+    return model, tok
 
 
 def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.0):
@@ -149,7 +123,7 @@ def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root
         return loaded[0]
 
     check_sizes(batch_size, limit)
-    check_dirs(base, adapter)
+    models.check_dirs(base, adapter)
     out_dir = Path(out_root) / name
     report = {}
     for split in splits:

@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from askdraft import REPO_ROOT, git_commit, stats
+from askdraft import REPO_ROOT, git_commit, models, stats
 from askdraft.io import InputError, positive_int, read_jsonl, sha256_file, write_json, write_jsonl
 from askdraft.records import read_split
 
@@ -100,9 +100,7 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
         print(f"skip {stage}.{t}: {eval_paths(results, model_name, stage, t)[1]} exists")
     if all(done(t) for t in tasks):
         return {}
-    for path, marker in ((base, "config.json"), (adapter, "adapter_config.json")):
-        if path is not None and not (Path(path) / marker).is_file():
-            raise InputError(path, None, f"model directory not found (no {marker})")
+    models.check_dirs(base, adapter)
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager, get_task_dict
