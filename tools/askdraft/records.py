@@ -90,24 +90,32 @@ def _rows(path, resume=False):
     return rows
 
 
+def _unique_rows(path, check, key, what):
+    """Rows of `path`, each passed to check(row, n), with `_line`; two rows with one key(row) are
+    an error naming both lines."""
+    out, seen = [], {}
+    for n, row in _rows(path):
+        check(row, n)
+        k = key(row)
+        if k in seen:
+            raise InputError(path, n, f"duplicate {what} (first at line {seen[k]})")
+        seen[k] = n
+        row["_line"] = n
+        out.append(row)
+    return out
+
+
 # ---------------------------------------------------------------- split files
 
 def read_split(path, *, cot=False):
     """Rows of a split file (see the module docstring for the rules)."""
-    out, seen = [], {}
-    for n, row in _rows(path):
+    def check(row, n):
         check_question(string(row, "question", path, n), path, n)
         if "teacher_final" not in row:
             raise InputError(path, n, "missing field 'teacher_final'")
         row["teacher_final"] = label(row["teacher_final"], path, n, "teacher_final")
         string(row, "teacher_cot", path, n, required=cot)
-        key = norm_question(row["question"])
-        if key in seen:
-            raise InputError(path, n, f"duplicate question (first at line {seen[key]})")
-        seen[key] = n
-        row["_line"] = n
-        out.append(row)
-    return out
+    return _unique_rows(path, check, lambda row: norm_question(row["question"]), "question")
 
 
 def split_gold(path):
@@ -196,13 +204,5 @@ def check_pair(row, path, line, fields=PAIR_FIELDS):
 
 def read_pairs(path, *, fields=PAIR_FIELDS):
     """Rows of a pairs file, each checked by check_pair; the same pair twice is an error."""
-    out, seen = [], {}
-    for n, row in _rows(path):
-        check_pair(row, path, n, fields)
-        key = tuple(row[f] for f in fields)
-        if key in seen:
-            raise InputError(path, n, f"duplicate pair (first at line {seen[key]})")
-        seen[key] = n
-        row["_line"] = n
-        out.append(row)
-    return out
+    return _unique_rows(path, lambda row, n: check_pair(row, path, n, fields),
+                        lambda row: tuple(row[f] for f in fields), "pair")
