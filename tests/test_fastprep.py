@@ -11,7 +11,12 @@ def no_process_pools(monkeypatch):
     def refuse(*a, **k):
         raise RuntimeError("a process pool was started")
     monkeypatch.setattr(datasets.arrow_dataset.mp, "get_context", refuse)
-    monkeypatch.setattr(datasets.Dataset, "save_to_disk", datasets.Dataset.save_to_disk)  # undone after
+    # datasets' own save_to_disk for the test (an axolotl run earlier in this process registered the
+    # plugin, which wraps it for the whole process), put back as it was afterwards
+    stock = datasets.Dataset.save_to_disk
+    if getattr(stock, "askdraft_in_process", False):
+        stock = stock.__wrapped__
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", stock)
 
 
 def test_stock_datasets_starts_a_pool_for_num_proc_1(tmp_path, no_process_pools):
