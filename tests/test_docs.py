@@ -52,6 +52,8 @@ README_COMMANDS = {
     "python tools/build_dpo_pairs.py": "tests/test_drafts_pairs.py::test_build_dpo_pairs_script_exit_codes",
     "askdraft recipe": "tests/test_run_stages.py::test_stages_in_process_skip_and_fail",
     "askdraft data --source": "tests/test_data.py::test_split_counts_stratified_and_leak_free",
+    "askdraft data --teacher explanation": "tests/test_data.py::test_embedded_split_has_question_drafts_from_decompositions "
+                                           "(teacher='explanation'); tests/test_records.py (the CLI flag)",
     "askdraft <command>": "tests/test_attribution.py::test_subcommand_registers",
 }
 COMMAND = re.compile(r"^(make|axolotl|lm_eval|askdraft|python) ")

@@ -131,3 +131,22 @@ def test_schedule_callback_sets_each_epoch(policies, tmp_path):
     assert seen == [(1, 0.05, 0.05, "none", "none"), (2, 0.1, 0.1, "seed", "none"),
                     (3, 0.1, 0.1, "seed", "none"), (3, 0.1, 0.1, "seed", "none"),
                     (4, 0.1, 0.1, "none", "published"), (5, 0.1, 0.1, "none", "published")]
+
+
+def test_completion_logps_equal_the_full_logits_computation(policies):
+    """The LM head over the completion positions only gives TRL's full-logits log-probs."""
+    from askdraft_dpo.trainer import completion_logps, sequence_logps
+    model = policies[0].eval()
+    torch.manual_seed(0)
+    ids = torch.randint(3, model.config.vocab_size, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 10:] = 0                                   # right padding
+    completion = torch.zeros_like(ids)
+    for row, (start, end) in enumerate([(7, 12), (5, 10), (9, 12), (11, 12)]):
+        completion[row, start:end] = 1
+    kwargs = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad():
+        full = sequence_logps(model(**kwargs).logits, ids, completion)
+        part, out = completion_logps(model, kwargs, ids, completion)
+    assert out.logits.shape[1] == 12 - 5 + 1             # from the position before column 5
+    assert torch.allclose(part, full, atol=1e-6) and (full != 0).all()

@@ -1,8 +1,8 @@
 """Thin glue between TRL 1.9's DPOTrainer (through axolotl's AxolotlDPOTrainer) and losses.py.
 
 TRL writes the DPO loss inline in DPOTrainer._compute_loss, so we override that method: the
-policy log-probs are computed exactly as TRL does (tests/test_dpo_trl_glue.py checks TRL's
-source has not moved), the reference log-probs come from TRL's own compute_ref_log_probs
+policy log-probs are computed as TRL does, over the completion positions only
+(tests/test_dpo_trl_glue.py checks TRL's source has not moved and that the values are TRL's), the reference log-probs come from TRL's own compute_ref_log_probs
 (for a PEFT model without ref_model: the policy with its adapter disabled, no second copy),
 and the loss from losses.askdraft_loss. Metrics go into TRL's self._metrics, which
 DPOTrainer.log averages into the normal HF logs (and trainer_state.json's log_history).
@@ -25,6 +25,18 @@ def sequence_logps(logits, input_ids, completion_mask):
     per_token = selective_log_softmax(logits[..., :-1, :], input_ids[..., 1:])
     per_token[completion_mask[..., 1:] == 0] = 0.0
     return per_token.sum(dim=1)
+
+
+def completion_logps(model, model_kwargs, input_ids, completion_mask):
+    """sequence_logps without the logits of the prompt positions: the model's LM head runs only
+    from the position before the batch's first completion token (`logits_to_keep`), so a batch
+    x length x vocab logits tensor is never made for the prompts (a 130-token prompt before a
+    2-token answer is most of a pair). Returns (logps, outputs)."""
+    length = input_ids.shape[1]
+    first = int(completion_mask.any(dim=0).int().argmax())  # first column holding a completion token
+    keep = length - first + 1
+    outputs = model(**model_kwargs, use_cache=False, logits_to_keep=keep)
+    return sequence_logps(outputs.logits, input_ids[:, -keep:], completion_mask[:, -keep:]), outputs
 
 
 class AskDraftDPOTrainer(AxolotlDPOTrainer):
@@ -66,8 +78,7 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
         model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        outputs = model(**model_kwargs, use_cache=False)
-        logps = sequence_logps(outputs.logits, inputs["input_ids"], inputs["completion_mask"])
+        logps, outputs = completion_logps(model, model_kwargs, inputs["input_ids"], inputs["completion_mask"])
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)  # the collator stacks [chosen; rejected]
 
         if self.precompute_ref_logps:
