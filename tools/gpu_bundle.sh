@@ -41,5 +41,8 @@ while [ "$off" -lt "$size" ]; do  # part 1 travels with .gpu, every later part a
   off=$((off + n)) && last=$i && i=$((i + 1))
 done
 cat .gpuparts*/gguf.part* | cmp - "$gguf"
+# StrategyQA from the bigbench sdist (the data stage's own download), which an offline host cannot fetch
+task=$(PYTHONPATH=tools ${PY:-.venv/bin/python} -c 'from askdraft.data import load_bigbench; print(load_bigbench()[1])' | tail -1)
+cp "$task" .gpuparts1/
 sha256sum "$gguf" | cut -d' ' -f1 > ".gpuparts$last/gguf.sha256"
 du -sh .gpu .gpuparts*
