@@ -195,7 +195,7 @@ $(RESULTS)/evals/SG.strategyqa_draft.json: $(SG_LAST)/ROUND.json
 val-c: results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json ## phase C's accuracy on the validation split (make kfold's choice)
 results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json: $(DPO)/adapter_model.safetensors
 	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME)_val --out-root $(DRAFTS_ROOT) --splits val --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
-	$(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --results results/val --batch-size $(EVAL_BATCH) $(EVAL_LIMIT) \
+	$(EVAL) --results results/val \
 	  --stage C --base $(MERGED) --adapter $(DPO) --dev data/strategyqa_val.jsonl \
 	  --drafts $(call drafts_of,$(DPO_NAME)_val)/val.jsonl --tasks strategyqa_draft,strategyqa_nodraft
 

@@ -291,8 +291,7 @@ def carve_val(train, frac, seed):
     """A stratified `frac` of train as a validation split (seeded); returns (train, val)."""
     if frac <= 0:
         return train, []
-    keep, val = split(train, len(train) - max(1, round(frac * len(train))), seed + 1)
-    return keep, val
+    return split(train, len(train) - max(1, round(frac * len(train))), seed + 1)
 
 
 def build(out_dir, source=None, n_train=2000, seed=1234, hub=True, teacher="decomposition",

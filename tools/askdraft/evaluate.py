@@ -189,7 +189,6 @@ def load_evals(results, model):
         jsonl = eval_paths(results, model, meta["stage"], meta["task"])[0]
         rows = read_jsonl(jsonl, required=("question", "correct"), allow_extra=True)
         evals[meta["stage"], meta["task"]] = (meta, {r["question"]: r["correct"] for r in rows})
-        meta["_rows"] = rows
     return evals
 
 
@@ -304,7 +303,8 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
             if one in c and other in c:
                 abl[f"{one}_minus_{other}"] = paired(c[one], c[other])
         if "draft" in c:
-            abl["overrides"] = overrides(evals[ablation_stage, ABLATIONS["draft"]][0]["_rows"])
+            draft_rows = eval_paths(results, model_name, ablation_stage, ABLATIONS["draft"])[0]
+            abl["overrides"] = overrides(read_jsonl(draft_rows, required=("question", "correct"), allow_extra=True))
     for s1, s2 in STAGE_DIFFS:
         abl[f"{s1}_minus_{s2}"] = paired(stages[s1], stages[s2]) if s1 in stages and s2 in stages else None
     oracle = oracle_ladder(evals)

@@ -178,10 +178,9 @@ def pool(root, folds, model, out, selections):
 def pool_judges(judges):
     """Judge outcomes of every fold in one win-rate (outcomes per question as the judge wrote them)."""
     outcomes = [q["outcome"] for j in judges for q in j.get("per_question", []) if q.get("outcome") in ("win", "tie", "loss")]
-    if not outcomes:
-        return {**judges[0], "win_rate": None, "ci_low": None, "ci_high": None, "n": 0, "folds": len(judges)}
-    r = stats.win_rate(outcomes)
-    return {**{k: judges[0].get(k) for k in ("judge_model", "name_a", "name_b", "mode")}, **r, "folds": len(judges)}
+    head = {k: judges[0].get(k) for k in ("judge_model", "name_a", "name_b", "mode")}
+    r = stats.win_rate(outcomes) if outcomes else {"win_rate": None, "ci_low": None, "ci_high": None, "n": 0}
+    return {**head, **r, "folds": len(judges)}
 
 
 # ---------------------------------------------------------------- CLI

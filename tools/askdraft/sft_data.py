@@ -45,24 +45,33 @@ def phase_a_rows(path, tok):
             for r in rows]
 
 
-def shorten_rationale(tok, question, rationale, answer, max_len, bos, eos):
-    """The longest word-prefix of the rationale whose whole row fits max_len tokens."""
-    def length(rat):
-        r = row(templates.draft_prompt(question), templates.draft_completion(rat, answer), bos, eos)
-        return sum(len(tok(s["text"], add_special_tokens=False).input_ids) for s in r["segments"])
-    if length(rationale) <= max_len:
-        return rationale, False
-    words = rationale.split()
-    lo, hi = 0, len(words)  # binary search on the number of words kept
+def _row_length(tok, question, rationale, answer, bos, eos):
+    """Tokens of the whole phase B row (prompt and target) for this rationale."""
+    r = row(templates.draft_prompt(question), templates.draft_completion(rationale, answer), bos, eos)
+    return sum(len(tok(s["text"], add_special_tokens=False).input_ids) for s in r["segments"])
+
+
+def _most_that_fits(fits, most):
+    """The largest k in 0..most with fits(k), for fits true up to some k (binary search); 0 if none."""
+    lo, hi = 0, most
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if length(" ".join(words[:mid])) <= max_len:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    if lo == 0:
-        return None, True
-    return " ".join(words[:lo]), True
+    return lo
+
+
+def shorten_rationale(tok, question, rationale, answer, max_len, bos, eos):
+    """The longest word-prefix of the rationale whose whole row fits max_len tokens."""
+    def fits(text):
+        return _row_length(tok, question, text, answer, bos, eos) <= max_len
+    if fits(rationale):
+        return rationale, False
+    words = rationale.split()
+    kept = _most_that_fits(lambda k: fits(" ".join(words[:k])), len(words))
+    return (" ".join(words[:kept]) if kept else None), True
 
 
 def shorten_steps(tok, question, steps, answer, max_len, bos, eos):
@@ -72,22 +81,15 @@ def shorten_steps(tok, question, steps, answer, max_len, bos, eos):
     def text(cap, n=len(steps)):
         return templates.teacher_draft([{"q": s["q"], "a": " ".join(s["a"].split()[:cap])} for s in steps[:n]])
 
-    def length(rat):
-        r = row(templates.draft_prompt(question), templates.draft_completion(rat, answer), bos, eos)
-        return sum(len(tok(s["text"], add_special_tokens=False).input_ids) for s in r["segments"])
+    def fits(draft):
+        return _row_length(tok, question, draft, answer, bos, eos) <= max_len
     longest = max(len(s["a"].split()) for s in steps)
-    if length(text(longest)) <= max_len:
+    if fits(text(longest)):
         return text(longest), False
-    lo, hi = 0, longest  # binary search on the word cap
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if length(text(mid)) <= max_len:
-            lo = mid
-        else:
-            hi = mid - 1
+    cap = _most_that_fits(lambda k: fits(text(k)), longest)
     for n in range(len(steps), 0, -1):
-        if length(text(lo, n)) <= max_len:
-            return text(lo, n), True
+        if fits(text(cap, n)):
+            return text(cap, n), True
     return None, True
 
 
