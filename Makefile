@@ -20,6 +20,9 @@ export AXOLOTL_DO_NOT_TRACK := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
+# CUDA's caching allocator grows segments instead of keeping one per size: less fragmentation
+# when sequence lengths change every batch (phase C skips the per-step empty_cache that hid it)
+export PYTORCH_CUDA_ALLOC_CONF ?= expandable_segments:True
 
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 ## PROFILE: cpu | smoke | gpu | gpu-fast (recipe profiles and data size; default: gpu where nvidia-smi finds one, else cpu)
@@ -74,7 +77,8 @@ SG_ROUNDS ?= 1
 ## DRAFT_BATCH: rows per generation batch (drafts)
 DRAFT_BATCH ?= $(if $(filter 1,$(HAS_GPU)),256,16)
 ## EVAL_BATCH: rows per lm-eval scoring batch
-EVAL_BATCH ?= $(if $(filter 1,$(HAS_GPU)),64,8)
+EVAL_BATCH_gpu-fast := 256
+EVAL_BATCH ?= $(or $(EVAL_BATCH_$(PROFILE)),$(if $(filter 1,$(HAS_GPU)),64,8))
 ## LIMIT: train rows used (default: all; smoke: 64)
 LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)

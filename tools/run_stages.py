@@ -163,6 +163,7 @@ def main(argv=None):
     MAKEFILE = args.makefile.resolve()
     os.chdir(MAKEFILE.parent)
     os.environ.update(EXPORTS)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # the Makefile's `?=`
     python = os.environ.get("PY") or sys.executable  # the make lines start with $(PY) verbatim
     times_path = MAKEFILE.parent / "results" / os.environ.get("MODEL_NAME", "SmolLM2-135M-Instruct") / "wall_times.json"
     for stage in args.stages:

@@ -111,6 +111,12 @@ def answer_logprob_fn(model, answer_ids):
     return f
 
 
+def default_internal_batch(model, n_steps):
+    """IG path points per forward/backward pass: all of them on a GPU (one pass a question; the
+    attributions are the same up to float rounding), 8 on a CPU (memory)."""
+    return n_steps if model.device.type == "cuda" else 8
+
+
 def baseline_token(tok):
     """Id of the token whose embedding is the "pad" baseline."""
     tid = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -215,7 +221,8 @@ def run(args):
     records = []
     for r in tqdm(rows, desc="attribution", unit="q"):
         rec = attribute(model, tok, r["question"], r["draft"], r["answer"],
-                        n_steps=args.n_steps, baseline=args.baseline)
+                        n_steps=args.n_steps, baseline=args.baseline,
+                        internal_batch_size=args.internal_batch_size or default_internal_batch(model, args.n_steps))
         records.append({"id": r.get("id", r["_line"]), **rec})
     mean, lo, hi = bootstrap_ci([r["share"] for r in records], seed=args.seed)
     if args.heatmaps:
@@ -251,6 +258,8 @@ def add_arguments(p):
     p.add_argument("--limit", type=_at_least(1), help="first N drafts only")
     p.add_argument("--n-steps", type=_at_least(1), default=32,
                    help="IG integration steps (default 32)")
+    p.add_argument("--internal-batch-size", type=_at_least(1),
+                   help="IG path points per forward/backward pass (default: all --n-steps on a GPU, 8 on a CPU)")
     p.add_argument("--baseline", choices=("pad", "zero"), default="pad",
                    help="IG baseline: pad-token (default) or zero embeddings")
     p.add_argument("--out", required=True, help="results JSON")

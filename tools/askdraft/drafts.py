@@ -29,8 +29,9 @@ def load_model(base, adapter=None, device=None, load_in_4bit=False):
     return model, tok
 
 
-def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.0):
-    """Drafts for a batch of questions (the text before "\\nFinal answer:", stripped)."""
+def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.0, **generate_kwargs):
+    """Drafts for a batch of questions (the text before "\\nFinal answer:", stripped).
+    generate_kwargs go to model.generate (the speed bench sets min_new_tokens)."""
     import torch
 
     enc = tok([templates.draft_prompt(q) for q in questions], return_tensors="pt", padding=True)
@@ -40,7 +41,7 @@ def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,
                              temperature=temperature if sample else None, top_p=top_p if sample else None,
                              top_k=None, stop_strings=[templates.DRAFT_STOP], tokenizer=tok,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **generate_kwargs)
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return [t.split(templates.DRAFT_STOP)[0].strip() for t in texts]
 

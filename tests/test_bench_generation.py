@@ -1,0 +1,41 @@
+"""The inference bench (tools/askdraft/bench_generation.py) on a tiny Llama on CPU."""
+import json
+
+from askdraft import bench_generation, drafts, templates
+
+
+def test_prompts_are_real_questions_with_teacher_drafts():
+    rows = bench_generation.prompts(3)
+    for question, prompt in rows:
+        assert prompt.startswith(templates.answer_prompt(question, "x").split("x")[0][:10])
+        assert question in prompt and "Tentative answer:" in prompt and prompt.rstrip().endswith("Final answer:")
+
+
+def test_tiny_llama_cpu(tiny_llama_dir, tmp_path, one_thread):
+    out = tmp_path / "gen.json"
+    assert bench_generation.main(["--model", str(tiny_llama_dir), "--batch-sizes", "2,3",
+                                  "--new-tokens", "5", "--batches", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["commit"] and report["schema"] == 1
+    assert [r["batch_size"] for r in report["rows"]] == [2, 3]
+    for r in report["rows"]:
+        assert len(r["generate_s_per_batch"]) == 2 and len(r["score_s_per_batch"]) == 2
+        median = sum(r["generate_s_per_batch"]) / 2  # the median of two
+        assert r["generate_s_median"] == median
+        assert abs(r["new_tokens_per_s"] - r["batch_size"] * 5 / median) <= 0.05
+        assert r["drafts_s_estimate"] > 0 and r["peak_reserved_gib"] is None
+
+
+def test_min_new_tokens_reaches_generate(tiny_llama_dir, one_thread):
+    model, tok = drafts.load_model(tiny_llama_dir, device="cpu")
+    calls = []
+    real = model.generate
+
+    def spy(**kw):
+        out = real(**kw)
+        calls.append((kw["min_new_tokens"], out.shape[1] - kw["input_ids"].shape[1]))
+        return out
+    model.generate = spy
+    texts = drafts.generate(model, tok, ["Is water wet?", "Can a dog fly?"], max_new_tokens=4, min_new_tokens=4)
+    assert len(texts) == 2 and calls[0][0] == 4
+    assert calls[0][1] == 4  # a random tiny model never writes the stop string

@@ -1,0 +1,125 @@
+"""Speed and memory of the two inference stages on any model dir: drafts (batched generation,
+`askdraft drafts`' own `generate`) and eval scoring (a forward pass over the answer prompts).
+
+    python -m askdraft.bench_generation --model DIR [--load-in-4bit] [--batch-sizes 16,32]
+        [--new-tokens 128] [--batches 3] --out results/bench_generation.json
+
+Prompts are StrategyQA's real questions (data/strategyqa/decompositions.jsonl); the scoring rows
+are "Question: ...\\nDraft: <teacher draft>\\nFinal answer:", the longest prompts eval scores.
+Every generation runs the full --new-tokens (min_new_tokens = max_new_tokens): the worst case
+of a draft, and the only honest one for a model with random weights, which never writes the
+stop string. One warm-up batch per batch size, then --batches timed batches (GPU-synchronised).
+A row's `drafts_s_estimate` is the measured median seconds a batch times the batches that
+`askdraft drafts` needs for train + dev (2289 questions): an estimate from measured batches.
+"""
+import argparse
+import datetime
+import json
+import statistics
+import time
+from pathlib import Path
+
+from askdraft import REPO_ROOT, git_commit, models, templates
+from askdraft.drafts import generate
+from askdraft.io import positive_int, write_json
+
+QUESTIONS = REPO_ROOT / "data" / "strategyqa" / "decompositions.jsonl"
+DRAFT_QUESTIONS = 2289  # train + dev drafts of the default split
+
+
+def prompts(n):
+    """n (question, scoring prompt with its teacher draft), cycling through the file."""
+    from askdraft.data import teacher_steps
+    rows = [json.loads(line) for line in QUESTIONS.read_text().splitlines()]
+    out = []
+    for i in range(n):
+        r = rows[i % len(rows)]
+        draft = templates.draft_text(templates.teacher_draft(teacher_steps(r["decomposition"], r["facts"])), r["answer"])
+        out.append((r["question"], templates.answer_prompt(r["question"], draft)))
+    return out
+
+
+def timed(fn, sync):
+    sync()
+    start = time.perf_counter()
+    result = fn()
+    sync()
+    return time.perf_counter() - start, result
+
+
+def bench(model, tok, batch_sizes, new_tokens, batches, progress=True):
+    import torch
+    from tqdm import tqdm
+
+    cuda = model.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    rows = []
+    for bs in tqdm(batch_sizes, desc="batch sizes", disable=not progress):
+        data = prompts(bs * (batches + 1))
+        questions = [q for q, _ in data]
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        gen_s = []
+        for b in range(batches + 1):  # batch 0 warms up
+            qs = questions[b * bs:(b + 1) * bs]
+            s, _ = timed(lambda: generate(model, tok, qs, max_new_tokens=new_tokens, min_new_tokens=new_tokens), sync)
+            gen_s.append(round(s, 4))
+        gen_peak = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
+        tok.padding_side = "right"
+        score_s = []
+        for b in range(batches + 1):
+            enc = tok([p for _, p in data[b * bs:(b + 1) * bs]], return_tensors="pt", padding=True).to(model.device)
+            with torch.no_grad():
+                s, _ = timed(lambda: model(**enc, use_cache=False).logits.float().log_softmax(-1), sync)
+            score_s.append(round(s, 5))
+        tok.padding_side = "left"
+        prompt_tokens = statistics.mean(len(tok(q)["input_ids"]) for q in questions)
+        med = statistics.median(gen_s[1:])
+        rows.append(dict(
+            batch_size=bs, new_tokens=new_tokens, timed_batches=batches,
+            draft_prompt_tokens_mean=round(prompt_tokens, 1),
+            generate_s_per_batch=gen_s[1:], generate_s_median=med,
+            new_tokens_per_s=round(bs * new_tokens / med, 1),
+            drafts_s_estimate=round(med * -(-DRAFT_QUESTIONS // bs), 1),
+            score_s_per_batch=score_s[1:],
+            score_rows_per_s=round(bs / statistics.median(score_s[1:]), 1),
+            peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None,
+            generate_peak_reserved_gib=round(gen_peak, 3) if cuda else None))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="model dir (config.json + weights + tokenizer)")
+    ap.add_argument("--load-in-4bit", action="store_true", help="NF4 base, as the 7B recipes train it")
+    ap.add_argument("--batch-sizes", default="16,32", help="comma-separated generation/scoring batch sizes")
+    ap.add_argument("--new-tokens", type=positive_int, default=128)
+    ap.add_argument("--batches", type=positive_int, default=3, help="timed batches per size (after one warm-up)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    import torch
+    import transformers
+
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    model, tok = models.load_model(args.model, load_in_4bit=args.load_in_4bit)
+    tok.padding_side = "left"
+    rows = bench(model, tok, sizes, args.new_tokens, args.batches)
+    cfg = model.config
+    write_json(args.out, dict(
+        schema=1, kind="inference", command=" ".join(["python -m askdraft.bench_generation", *(argv or [])]),
+        model=str(args.model), quant="nf4" if args.load_in_4bit else str(model.dtype),
+        shape=dict(hidden=cfg.hidden_size, layers=cfg.num_hidden_layers, vocab=cfg.vocab_size),
+        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        commit=git_commit(), date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        versions=dict(torch=torch.__version__, transformers=transformers.__version__),
+        rows=rows))
+    for r in rows:
+        print(f"batch {r['batch_size']}: {r['new_tokens_per_s']} new tok/s, {r['generate_s_median']} s a batch, "
+              f"drafts ~{r['drafts_s_estimate']} s, scoring {r['score_rows_per_s']} rows/s, "
+              f"peak {r['peak_reserved_gib']} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
