@@ -144,3 +144,12 @@ def test_profiles_compose(tmp_path):
     assert "askdraft_dpo.AskDraftDPOPlugin" in cfg["plugins"] and not cfg["sample_packing"]
     assert cfg["precompute_ref_log_probs"] is True
     shutil.rmtree(tmp_path)
+
+
+def test_packed_counts_drop_the_padding_tail():
+    import torch
+
+    from askdraft.bench_train import packed_counts
+    ids = torch.tensor([[5, 6, 7, 8, 9, 2, 2, 2], [5, 6, 2, 7, 8, 9, 3, 4]])
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3, 4]])
+    assert packed_counts(ids, pos, pad_id=2) == (5 + 8, 2 + 2)   # row 1 ends in a row of pads

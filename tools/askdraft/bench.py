@@ -91,7 +91,7 @@ def step_stats(steps, warmup):
     return {"timed_steps": len(timed), "warmup_steps": warmup,
             "step_s": {"median": statistics.median(secs), "p90": percentile(secs, 90),
                        "min": min(secs), "max": max(secs)},
-            "step_s_each": [round(s, 4) for s in secs],
+            "step_s_each": secs,
             "useful_tokens_each": [s["useful"] for s in timed],
             "useful_tokens_per_s": statistics.median(s["useful"] / s["s"] for s in timed),
             "useful_tokens_per_s_overall": useful / sum(secs),
@@ -322,7 +322,7 @@ def main(argv=None):
         model = bench_inputs.build_random_model(work / "llama2-7b-shape", bench_inputs.embedded_tokenizer_dir())
         name = "llama2-7b-shape-random"
     model_cfg = json.loads((model / "config.json").read_text())
-    data = {ph: bench_inputs.phase_data(ph, a.repo, work) for ph in phases}
+    data = {ph: bench_inputs.phase_data(ph, a.repo, work, model) for ph in phases}
     tokens = {ph: bench_inputs.row_tokens(data[ph], model, ph) for ph in phases}
     profiles = a.profile + (["cpu"] if cpu and "cpu" not in a.profile else [])
     quant = "nf4" if "cpu" not in profiles else "none (cpu profile: fp32 LoRA)"

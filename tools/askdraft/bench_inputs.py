@@ -66,25 +66,27 @@ def build_random_model(out_dir, tokenizer_dir, shape=LLAMA2_7B):
     return out_dir
 
 
-def teacher_pairs(train_cot, out):
-    """Phase C pairs from the teacher drafts (see the module doc); pairs over PAIR_MAX_LEN tokens
-    are left to the recipe's excess_length_strategy, so none is built: drafts are ~100 tokens."""
-    from askdraft.pairs import make_pair
+def teacher_pairs(train_cot, tokenizer_dir, out):
+    """Phase C pairs from the teacher drafts (see the module doc), those over PAIR_MAX_LEN
+    tokens dropped as `askdraft pairs --tokenizer` drops them (the recipe stops on longer ones)."""
+    from askdraft.pairs import make_pair, pair_length
     from askdraft.records import read_split
+    from transformers import AutoTokenizer
 
-    rows = read_split(train_cot, cot=True)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     pairs = []
-    for r in rows:
+    for r in read_split(train_cot, cot=True):
         rationale = templates.teacher_draft(r["teacher_steps"]) if r.get("teacher_steps") else r["teacher_cot"]
-        draft = templates.draft_text(rationale, r["teacher_final"])
-        pair = make_pair(r["question"], draft, r["teacher_final"], "draft")
-        if pair is not None:
+        pair = make_pair(r["question"], templates.draft_text(rationale, r["teacher_final"]), r["teacher_final"], "draft")
+        if pair is not None and pair_length(tok, pair) <= PAIR_MAX_LEN:
             pairs.append(pair)
+    if not pairs:
+        raise InputError(train_cot, None, f"no teacher pair fits {PAIR_MAX_LEN} tokens")
     write_jsonl(out, pairs)
     return out
 
 
-def phase_data(phase, repo, work):
+def phase_data(phase, repo, work, tokenizer_dir):
     """The jsonl a phase trains on: the project's own file, or (C) teacher pairs built in work/."""
     repo = Path(repo)
     if phase in SFT:
@@ -97,7 +99,7 @@ def phase_data(phase, repo, work):
     train_cot = repo / TRAIN_COT
     if not train_cot.is_file():
         raise InputError(train_cot, None, "missing: run `make data` first (phase C's pairs are built from it)")
-    return teacher_pairs(train_cot, Path(work) / "pairs_teacher.jsonl")
+    return teacher_pairs(train_cot, tokenizer_dir, Path(work) / "pairs_teacher.jsonl")
 
 
 def row_tokens(path, tokenizer_dir, phase):

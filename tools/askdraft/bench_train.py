@@ -1,8 +1,9 @@
 """One benchmark row: `axolotl train CONFIG` in this process (the code path of
 `axolotl train CONFIG --launcher python`, as tools/profile_train.py runs it), with a callback
 that times every optimizer step (GPU-synchronised) and counts the tokens of the micro-batches
-each step trained on, read from the batches themselves: useful = attention_mask != 0 (padding
-is 0; axolotl's packed batches number their rows 1, 2, ... in it), total = input_ids.numel().
+each step trained on, read from the batches themselves: useful = attention_mask != 0, or for
+packed batches without a mask, all but the pack's padding tail (packed_counts); total =
+input_ids.numel().
 The trained model is not saved.
 
 Several rows run in one process: each gets axolotl's plugin registry cleared and the CUDA
@@ -26,16 +27,21 @@ class StepMeter(transformers.TrainerCallback):
     """Per optimizer step: seconds, useful and total tokens, sequences, loss."""
 
     def __init__(self):
-        self.steps, self.tokens = [], [0, 0, 0]
+        self.steps, self.tokens, self.pad_id = [], [0, 0, 0], None
 
     def count(self, inputs):
         ids = inputs.get("input_ids")
         if ids is None:
             return
-        mask = inputs.get("attention_mask")
-        useful = int((mask != 0).sum()) if mask is not None else ids.numel()
-        packed = mask is not None and mask.dim() == 2 and int(mask.max()) > 1
-        rows = int(mask.max(dim=1).values.sum()) if packed else ids.shape[0]
+        mask, pos = inputs.get("attention_mask"), inputs.get("position_ids")
+        if mask is not None:
+            useful, rows = int((mask != 0).sum()), ids.shape[0]
+            if pos is not None:  # packed rows: each starts at position 0
+                rows = int(((pos == 0) & (mask != 0)).sum())
+        elif pos is not None:
+            useful, rows = packed_counts(ids, pos, self.pad_id)
+        else:
+            useful, rows = ids.numel(), ids.shape[0]
         self.tokens = [self.tokens[0] + useful, self.tokens[1] + ids.numel(), self.tokens[2] + rows]
 
     def on_step_begin(self, args, state, control, **kw):
@@ -51,6 +57,20 @@ class StepMeter(transformers.TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "loss" in logs and self.steps:
             self.steps[-1]["loss"] = float(logs["loss"])
+
+
+def packed_counts(ids, pos, pad_id):
+    """(useful tokens, rows) of packed rows without an attention mask (axolotl's sample packing
+    with SDPA): a pack's rows each start at position 0, and its padding is one more such
+    segment, all pad tokens, at the end."""
+    useful, rows = 0, 0
+    for b in range(ids.shape[0]):
+        starts = (pos[b] == 0).nonzero().flatten().tolist()
+        tail = ids[b, starts[-1]:]
+        padded = pad_id is not None and bool((tail == pad_id).all())
+        useful += ids.shape[1] - (tail.numel() if padded else 0)
+        rows += len(starts) - padded
+    return useful, rows
 
 
 def count_trainable(model):
@@ -91,6 +111,7 @@ def run(config_path):
 
         trainer.training_step = counted_step
         seen["lora_params"] = count_trainable(trainer.model)
+        meter.pad_id = result[2].pad_token_id
         return result
 
     argv = sys.argv
