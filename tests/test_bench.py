@@ -136,6 +136,9 @@ def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
     assert 20 <= b_tuned["rows_per_step"] <= 40                 # packs of ~16 rows, 2 a step
     assert "precomputed" in rows[("C", "tuned")]["flop_basis"]
     assert run["pipeline"]["tuned"]["stages"]["B"]["optimizer_steps"] == 2 * 3  # 64 rows / 32 x 3 epochs
+    import doc_tables  # tools/doc_tables.py: results/performance.md's table from these rows
+    table = doc_tables.performance_table(out)
+    assert "**tiny on cpu**" in table and "| B | tuned | micro 1 x 2, packed" in table
 
 
 def test_profiles_compose(tmp_path):
