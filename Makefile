@@ -262,7 +262,7 @@ kfold: $(BASE)/config.json ## the k-fold study: the pipeline per fold side by si
 clean-runs: ## remove the composed recipes (runs/) and axolotl's prepared datasets
 	rm -rf runs .cache/axolotl_prepared
 
-# ~9 min on one H200: 7B shape build, then per row a model load + 2 warm-up + 20 timed steps (8 per ablation)
+# one H200, estimated (not run yet): --phases B --ablate ~8 min; --phases A,B,C ~10 min; both (the default) ~15 min
 ## BENCH_ARGS: options of `python -m askdraft.bench` (e.g. --phases B --steps 20; --model DIR --profile gpu-fast)
 BENCH_ARGS ?= --ablate
 bench: data/sft/REPORT.json | $(SETUP) ## the recipes through axolotl train at the Llama-2-7B shape (random NF4): plain vs tuned vs each switch -> results/bench.json + .png

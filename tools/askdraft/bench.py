@@ -291,6 +291,13 @@ def versions():
     return out
 
 
+def first_lines(path, n, out):
+    lines = Path(path).read_text(encoding="utf-8").splitlines(keepends=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(lines[:n]), encoding="utf-8")
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--phases", default="A,B,C")
@@ -324,6 +331,9 @@ def main(argv=None):
     model_cfg = json.loads((model / "config.json").read_text())
     data = {ph: bench_inputs.phase_data(ph, a.repo, work, model) for ph in phases}
     tokens = {ph: bench_inputs.row_tokens(data[ph], model, ph) for ph in phases}
+    source = dict(data)
+    if "C" in phases:  # TRL scores every pair with the reference first: only those the row trains on
+        data["C"] = first_lines(data["C"], ROWS_PER_STEP * (a.warmup + a.steps), work / "pairs_bench.jsonl")
     profiles = a.profile + (["cpu"] if cpu and "cpu" not in a.profile else [])
     quant = "nf4" if "cpu" not in profiles else "none (cpu profile: fp32 LoRA)"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -344,7 +354,7 @@ def main(argv=None):
     epochs = {ph: yaml.safe_load((REPO_ROOT / RECIPES[ph]).read_text())["num_epochs"] for ph in phases}
     run_block = {"command": "python -m askdraft.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                  "versions": versions(), "device": ctx["device"], "model": name,
-                 "data": {ph: {"path": _rel(data[ph]), "rows": len(tokens[ph]) // (2 if ph == "C" else 1),
+                 "data": {ph: {"path": _rel(source[ph]), "trained_from": _rel(data[ph]), "rows": len(tokens[ph]) // (2 if ph == "C" else 1),
                                "mean_tokens": round(ctx["mean_tokens"][ph], 1)} for ph in phases},
                  "pipeline": pipeline_estimate(rows, {ph: len(tokens[ph]) // (2 if ph == "C" else 1)
                                                       for ph in phases}, epochs),
