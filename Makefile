@@ -266,5 +266,9 @@ kfold: $(BASE)/config.json ## the k-fold study: the pipeline per fold side by si
 clean-runs: ## remove the composed recipes (runs/) and axolotl's prepared datasets
 	rm -rf runs .cache/axolotl_prepared
 
-bench: | $(SETUP) ## the Llama-2-7B shape (random NF4 weights, GPU): memory, tokens/s, MFU -> results/bench.json
-	$(PY) -m askdraft.bench --pipeline
+# one H200, estimated (not run yet): --phases B --ablate ~8 min; --phases A,B,C ~10 min; both (the default) ~15 min
+## BENCH_ARGS: options of `python -m askdraft.bench` (e.g. --phases B --steps 20; --model DIR --profile gpu-fast)
+BENCH_ARGS ?= --ablate
+bench: data/sft/REPORT.json | $(SETUP) ## the recipes through axolotl train at the Llama-2-7B shape (random NF4): plain vs tuned vs each switch -> results/bench.json + .png
+	PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True $(PY) -m askdraft.bench $(BENCH_ARGS)
+	$(PY) tools/doc_tables.py

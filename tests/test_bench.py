@@ -1,122 +1,158 @@
-"""The 7B benchmark's accounting and its --tiny CPU run (tools/askdraft/bench.py)."""
+"""The benchmark (tools/askdraft/bench.py): its accounting by hand, and phases B and C through
+the real `axolotl train` in process on a tiny Llama on CPU."""
 import json
+import math
+import shutil
 
 import pytest
-import torch
+import yaml
 
 from askdraft import bench
 
-ROW_FIELDS = {"phase", "config", "peak_reserved_gib", "peak_allocated_gib", "useful_tokens_per_s",
-              "mfu", "device", "date", "commit", "settings"}
+ROW_FIELDS = {"phase", "config", "switches", "recipe", "model", "device", "commit", "date", "timed_steps",
+              "warmup_steps", "step_s", "useful_tokens_per_s", "padding_fraction", "peak_reserved_gib",
+              "peak_allocated_gib", "mfu", "peak_flops", "flops_per_useful_token", "flop_basis", "final_loss"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def test_percentiles_by_hand():
+    xs = [4.0, 1.0, 3.0, 2.0, 10.0]
+    assert bench.percentile(xs, 50) == 3.0
+    assert bench.percentile(xs, 90) == pytest.approx(4.0 + 0.6 * 6.0)   # rank 3.6 of 0..4
+    assert bench.percentile(xs, 0) == 1.0 and bench.percentile(xs, 100) == 10.0
+    assert bench.percentile([7.0], 90) == 7.0
 
 
-def test_token_counts_by_hand():
-    lengths = [20, 30, 128]
-    assert bench.token_counts(lengths, "pad", 128) == (178, 3 * 128)
-    assert bench.token_counts(lengths, "longest") == (178, 3 * 128)
-    assert bench.token_counts([20, 30], "longest") == (50, 60)
-    assert bench.token_counts(lengths, "pack") == (178, 178)
-    assert bench.fit(100, 60, 128) == (100, 28)   # completion cut to fit
-    assert bench.fit(200, 5, 128) == (127, 1)     # a completion token always survives
+def test_step_stats_skip_warmup_and_count_two_ways():
+    steps = [{"s": 9.0, "useful": 1, "total": 2, "rows": 1, "loss": 5.0},
+             {"s": 2.0, "useful": 100, "total": 200, "rows": 32, "loss": 4.0},
+             {"s": 1.0, "useful": 60, "total": 80, "rows": 32, "loss": 3.0},
+             {"s": 4.0, "useful": 200, "total": 200, "rows": 32}]
+    s = bench.step_stats(steps, warmup=1)
+    assert s["timed_steps"] == 3 and s["warmup_steps"] == 1
+    assert s["step_s"] == {"median": 2.0, "p90": pytest.approx(3.6), "min": 1.0, "max": 4.0}
+    assert s["useful_tokens_per_s"] == 50.0                     # median of 50, 60, 50
+    assert s["useful_tokens_per_s_overall"] == pytest.approx(360 / 7)
+    assert s["padding_fraction"] == pytest.approx(1 - 360 / 480)
+    assert s["final_loss"] == 3.0
+    with pytest.raises(RuntimeError, match="no timed steps"):
+        bench.step_stats(steps[:1], warmup=1)
 
 
-def test_make_batch_crafted():
-    rows = [(3, 2), (5, 1)]
-    batch, counts = bench.make_batch(rows, "pad", 8, vocab=50, device="cpu")
-    assert counts == (11, 16) and batch["input_ids"].shape == (2, 8)
-    assert batch["attention_mask"].sum() == 11
-    assert (batch["labels"] != -100).sum() == 3            # completions only
-    assert batch["labels"][0, 3:5].tolist() == batch["input_ids"][0, 3:5].tolist()
-    packed, counts = bench.make_batch(rows, "pack", None, vocab=50, device="cpu")
-    assert counts == (11, 11) and packed["input_ids"].shape == (1, 11)
-    assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5]
-    assert "attention_mask" not in packed and (packed["labels"] != -100).sum() == 3
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return bench.add_lora(bench.build_model(bench.TINY, torch.device("cpu"), "none"))
-
-
-@pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_packing_matches_padding(tiny, attn):
-    """A packed row gives the loss and per-sequence log-probs of the same rows padded: no
-    attention or label leaks across packed sequences."""
-    tiny.eval()
-    tiny.get_base_model().set_attn_implementation(attn)
-    rows = [(4, 3), (6, 2), (2, 5)]
-    out = {}
-    for layout in ("pad", "pack"):
-        torch.manual_seed(0)  # the same token ids for both layouts
-        batch, _ = bench.make_batch(rows, layout, 16, bench.TINY["vocab_size"], "cpu")
-        with torch.no_grad():
-            out[layout] = tiny(**batch).loss, bench.seq_logps(tiny, batch)
-    torch.testing.assert_close(out["pack"][0], out["pad"][0])
-    torch.testing.assert_close(out["pack"][1], out["pad"][1])
-    assert out["pad"][1].shape == (3,)
-
-
-def test_param_counts_and_peaks():
+def test_flops_and_peaks():
+    llama2 = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000}
     n_base = 32 * (4 * 4096**2 + 3 * 4096 * 11008) + 32000 * 4096
-    assert n_base == pytest.approx(6.607e9, rel=1e-3)
-    assert bench.param_counts(bench.LLAMA2_7B, None) == (n_base, 0)
-    assert bench.flops_per_useful_token("B", n_base, 0) == 4 * n_base
-    assert bench.flops_per_useful_token("C", n_base, 0) == 6 * n_base
-    assert bench.peak_flops("NVIDIA H100 80GB HBM3") == 989e12
-    assert bench.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert bench.base_params(llama2) == n_base and n_base == pytest.approx(6.607e9, rel=1e-3)
+    gqa = dict(llama2, num_key_value_heads=8)                   # k and v shrink 4x
+    assert bench.base_params(gqa) == n_base - 32 * 2 * 4096 * (4096 - 1024)
+    assert bench.flops_per_useful_token(100, 10, ref_forward=False) == 460
+    assert bench.flops_per_useful_token(100, 10, ref_forward=True) == 460 + 220
+    assert bench.peak_flops("NVIDIA H200") == 989e12 and bench.peak_flops("NVIDIA H100 PCIe") == 756e12
     assert bench.peak_flops("cpu") is None
 
 
-def test_nf4_qlora_builds_and_trains():
-    """bitsandbytes NF4 layers under peft LoRA: the real QLoRA code path, at the tiny shape."""
-    bnb = pytest.importorskip("bitsandbytes")
-    model = bench.add_lora(bench.build_model(bench.TINY, torch.device("cpu"), "nf4"))
-    layer = model.get_base_model().model.layers[0].mlp.down_proj
-    assert isinstance(layer.base_layer, bnb.nn.Linear4bit) and "Linear4bit" in type(layer).__name__
-    batch, _ = bench.make_batch([(4, 3), (3, 3)], "pad", 8, bench.TINY["vocab_size"], "cpu")
-    model(**batch).loss.backward()
-    assert layer.lora_B["default"].weight.grad is not None
+def test_plan_runs_every_row_without_liger_first():
+    rows = bench.plan(["A", "B", "C"], ablate=True)
+    first_liger = rows.index(("A", "tuned"))
+    assert all(c in ("plain", "tuned-minus-liger") for _, c in rows[:first_liger])
+    assert {c for _, c in rows} >= {f"tuned-minus-{s}" for s in bench.ABLATIONS}
+    assert bench.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned")]
 
 
-def test_tiny_run_rows(tmp_path):
+def test_packing_keeps_32_rows_a_step():
+    keys = bench.packing_keys("B", mean_tokens=70.3, rows_per_pack=16, base_len=128)
+    assert keys == {"sequence_len": 1152, "micro_batch_size": 1, "gradient_accumulation_steps": 2}
+
+
+def test_merge_replaces_same_key_and_refuses_v1(tmp_path):
     out = tmp_path / "bench.json"
-    out.write_text(json.dumps([{"phase": "B", "config": "plain", "device": "NVIDIA H100 80GB HBM3",
-                                "shape": "llama2-7b", "useful_tokens_per_s": 1.0}]))
-    args = ["--tiny", "--synthetic", "--steps", "1", "--warmup", "1", "--out", str(out)]
-    bench.main(args + ["--pipeline", "--draft-questions", "20", "--gen-batch", "10", "--gen-batches", "1",
-            "--new-tokens", "4", "--eval-docs", "10"])
-    rows = json.loads(out.read_text())
-    assert rows[0]["device"].startswith("NVIDIA")                  # other devices' rows kept
-    mine = {(r.get("phase"), r["config"]): r for r in rows if r["device"] == "cpu"}
-    for phase in "ABC":
-        for config in ("plain", "tuned"):
-            row = mine[(phase, config)]
-            assert ROW_FIELDS <= set(row) and "error" not in row
-            assert row["useful_tokens_per_s"] > 0 and row["mfu"] is None
-            assert 0 < row["useful_tokens"] <= row["total_tokens"]
-    for phase in "AB":  # plain pads every row to 128; tuned packs without padding
-        plain, tuned = mine[(phase, "plain")], mine[(phase, "tuned")]
-        assert plain["total_tokens"] == plain["settings"]["micro"] * plain["settings"]["accum"] * 128
-        assert tuned["total_tokens"] == tuned["useful_tokens"] == plain["useful_tokens"]
-        assert plain["padding_fraction"] > 0.2 and tuned["padding_fraction"] == 0
-    pipe = mine[(None, "tuned")]
-    assert pipe["pipeline_7b_wall_s"] == pytest.approx(sum(pipe["per_stage_s"].values()))
-    # tuned C reads precomputed reference log-probs; the pipeline pays that one pass once
-    assert mine[("C", "tuned")]["settings"]["ref"] == "precomputed"
-    assert set(pipe["per_stage_s"]) == {"A", "B", "C", "C_reference_logps", "drafts", "eval", "model_loads"}
-    bench.main(args + ["--phases", "A", "--configs", "tuned"])  # merging replaces, not appends
-    assert len(json.loads(out.read_text())) == len(rows)
+    row = lambda c, run: {"device": "d", "model": {"name": "m"}, "phase": "B", "config": c, "run_id": run}  # noqa: E731
+    doc = bench.merge(out, "r1", {"x": 1}, [row("plain", "r1"), row("tuned", "r1")])
+    out.write_text(json.dumps(doc))
+    doc = bench.merge(out, "r2", {"x": 2}, [row("tuned", "r2")])
+    assert [(r["config"], r["run_id"]) for r in doc["rows"]] == [("plain", "r1"), ("tuned", "r2")]
+    assert set(doc["runs"]) == {"r1", "r2"} and doc["schema"] == 2
+    out.write_text(json.dumps([row("plain", "old")]))
+    with pytest.raises(Exception, match="schema-2"):
+        bench.merge(out, "r3", {}, [])
 
 
-def test_tiny_never_writes_results(tmp_path):
-    with pytest.raises(SystemExit):
-        bench.main(["--tiny", "--out", str(tmp_path / "results/bench.json"), "--repo", str(tmp_path)])
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory, smollm2_dir):
+    """A repo-like dir with data/sft/phase_b.jsonl (64 rows) and a 64-question train_cot split
+    (phase C's teacher pairs), and a 2-layer random Llama with SmolLM2's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from askdraft import sft_data
+    from conftest import strategyqa_split
+
+    root = tmp_path_factory.mktemp("bench")
+    model = root / "tiny"
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    tok.save_pretrained(model)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                 pad_token_id=tok.pad_token_id)).save_pretrained(model)
+    split = strategyqa_split()
+    data = root / "repo" / "data"
+    data.mkdir(parents=True)
+    for name in ("strategyqa_train_baseline.jsonl", "strategyqa_train_cot.jsonl", "strategyqa_dev.jsonl"):
+        lines = (split / name).read_text().splitlines(keepends=True)
+        (data / name).write_text("".join(lines if "dev" in name else lines[:64]))
+    sft_data.build(data, model, out_dir=data / "sft", limit=64)
+    return root, model
+
+
+@pytest.mark.slow
+def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
+    root, model = tiny_repo
+    out = root / "bench.json"
+    bench.main(["--phases", "B,C", "--steps", "3", "--warmup", "1", "--model", str(model),
+                "--repo", str(root / "repo"), "--work", str(root / "work"), "--out", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == 2 and (root / "bench.png").is_file()
+    run = doc["runs"][doc["rows"][0]["run_id"]]
+    assert run["versions"]["axolotl"] and run["data"]["C"]["path"].endswith("pairs_teacher.jsonl")
+    rows = {(r["phase"], r["config"]): r for r in doc["rows"]}
+    assert set(rows) == {("B", "plain"), ("B", "tuned"), ("C", "plain"), ("C", "tuned")}
+    for (phase, config), r in rows.items():
+        assert "error" not in r, r.get("error")
+        assert ROW_FIELDS <= set(r) and r["timed_steps"] == 3 and r["warmup_steps"] == 1
+        assert r["useful_tokens_per_s_overall"] == pytest.approx(sum(r["useful_tokens_each"]) / sum(r["step_s_each"]))
+        assert r["useful_tokens_per_s"] == pytest.approx(sorted(
+            u / s for u, s in zip(r["useful_tokens_each"], r["step_s_each"]))[1])
+        assert 0 <= r["padding_fraction"] < 1 and math.isfinite(r["final_loss"])
+        assert r["step_s"]["min"] <= r["step_s"]["median"] <= r["step_s"]["p90"] <= r["step_s"]["max"]
+        assert r["mfu"] is None and r["device"] == "cpu"
+        recipe = root / "work" / "recipes" / f"{phase}-{config}.yaml"
+        assert bench.hashlib.sha256(recipe.read_bytes()).hexdigest() == r["recipe"]["sha256"]
+        assert yaml.safe_load(recipe.read_text())["max_steps"] == 4
+    b_plain, b_tuned = rows[("B", "plain")], rows[("B", "tuned")]
+    assert b_plain["rows_per_step"] == 32 and b_plain["padding_fraction"] > 0
+    assert b_tuned["switches"]["sample_packing"] and b_tuned["switches"]["optimizer"] == "adamw_torch_fused"
+    assert 20 <= b_tuned["rows_per_step"] <= 40                 # packs of ~16 rows, 2 a step
+    assert "precomputed" in rows[("C", "tuned")]["flop_basis"]
+    assert run["pipeline"]["tuned"]["stages"]["B"]["optimizer_steps"] == 2 * 3  # 64 rows / 32 x 3 epochs
+    import doc_tables  # tools/doc_tables.py: results/performance.md's table from these rows
+    table = doc_tables.performance_table(out)
+    assert "**tiny on cpu**" in table and "| B | tuned | micro 1 x 2, packed" in table
+
+
+def test_profiles_compose(tmp_path):
+    from askdraft.recipe import compose
+    cfg = compose(bench.REPO_ROOT / "recipes/phase_c.yaml", ["gpu-7b-fast", "dpo-7b-fast"])
+    assert "askdraft_dpo.AskDraftDPOPlugin" in cfg["plugins"] and not cfg["sample_packing"]
+    assert cfg["precompute_ref_log_probs"] is True
+    shutil.rmtree(tmp_path)
+
+
+def test_packed_counts_drop_the_padding_tail():
+    import torch
+
+    from askdraft.bench_train import packed_counts
+    ids = torch.tensor([[5, 6, 7, 8, 9, 2, 2, 2], [5, 6, 2, 7, 8, 9, 3, 4]])
+    pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3, 4]])
+    assert packed_counts(ids, pos, pad_id=2) == (5 + 8, 2 + 2)   # row 1 ends in a row of pads

@@ -148,8 +148,64 @@ def plugin_keys_table(path=PLUGIN_ARGS):
 
 # ---------------------------------------------------------------- pages
 
+BENCH = RESULTS / "bench.json"
+PERF_HEADER = ("| phase | config | switches | s/step median (p90) | useful tokens/s | vs plain | padding "
+               "| peak reserved GiB | MFU | final loss |\n" + "|---" * 10 + "|")
+
+
+def switch_text(sw):
+    """The tuned switches of a bench row in a few words."""
+    parts = [f"micro {sw['micro_batch_size']} x {sw['gradient_accumulation_steps']}"]
+    if sw.get("sample_packing"):
+        parts.append(f"packed {sw['sequence_len']}")
+    parts += [name for name, on in (("liger", sw.get("liger")), ("LoRA kernels", sw.get("lora_kernels")),
+                                    ("fused AdamW", sw.get("optimizer") == "adamw_torch_fused")) if on]
+    if sw.get("attn_implementation"):
+        parts.append(sw["attn_implementation"])
+    if not sw.get("gradient_checkpointing"):
+        parts.append("no checkpointing")
+    return ", ".join(parts)
+
+
+def performance_table(path=BENCH):
+    """results/performance.md: one table per device and model from bench.json (schema 2)."""
+    if not path.is_file():
+        return ("No rows yet: `make bench` on a GPU writes results/bench.json (the hand-loop rows of "
+                "before are in bench_hand_loop_v1.json).")
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    groups = {}
+    for r in doc["rows"]:
+        groups.setdefault((r["device"], r["model"]["name"]), []).append(r)
+    out = []
+    for (device, model), rows in groups.items():
+        run = doc["runs"][rows[0]["run_id"]]
+        plain = {r["phase"]: r for r in rows if r["config"] == "plain" and "error" not in r}
+        out += [f"**{model} on {device}** (commit {str(rows[0]['commit'])[:7]}, {rows[0]['date'][:10]}; "
+                f"quant {rows[0]['model']['quant']}, vocab {rows[0]['model']['vocab_size']}; "
+                f"{rows[0].get('timed_steps', '?')} timed steps after {rows[0].get('warmup_steps', '?')} warm-up):",
+                "", PERF_HEADER]
+        for r in sorted(rows, key=lambda r: (r["phase"], r["config"] != "plain", r["config"] != "tuned", r["config"])):
+            if "error" in r:
+                out.append(f"| {r['phase']} | {r['config']} | error: {r['error'][:80]} |" + " |" * 7)
+                continue
+            base = plain.get(r["phase"])
+            gain = f"{r['useful_tokens_per_s'] / base['useful_tokens_per_s']:.2f}x" if base else "–"
+            mem = "–" if r["peak_reserved_gib"] is None else f"{r['peak_reserved_gib']:.2f}"
+            out.append(f"| {r['phase']} | {r['config']} | {switch_text(r['switches'])} | {r['step_s']['median']:.3f} "
+                       f"({r['step_s']['p90']:.3f}) | {r['useful_tokens_per_s']:.0f} | {gain} "
+                       f"| {100 * r['padding_fraction']:.0f} % | {mem} | {pct(r['mfu'])} | {r['final_loss']:.3f} |")
+        est = run.get("pipeline", {})
+        totals = [f"{c} {est[c]['training_s'] / 60:.1f} min" for c in ("plain", "tuned") if c in est]
+        if totals:
+            out += ["", f"Training stages of the pipeline, **estimated** from these median step times x the "
+                        f"recipes' optimizer steps (no model loads, drafts or eval): {', '.join(totals)}."]
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
 PAGES = {"results/README.md": ("runs table", runs_table), "README.md": ("headline", headline_table),
-         "plugins/askdraft_dpo/README.md": ("recipe keys table", plugin_keys_table)}
+         "plugins/askdraft_dpo/README.md": ("recipe keys table", plugin_keys_table),
+         "results/performance.md": ("performance table", performance_table)}
 
 
 def render(text, what, body):
