@@ -69,3 +69,86 @@ def test_runner_on_the_cpu_writes_the_json(tmp_path):
     assert m["processes"] == 1 and len(m["step_s"]) == 4 and m["step_s_median"] > 0 and m["tokens_per_s"] > 0
     assert all(t > 0 for t in m["useful_tokens_per_step"]) and m["peak_reserved_gib"] == [None]
     assert (tmp_path / "res" / "cpu-c.png").stat().st_size > 0
+
+
+def test_mode_recipes_keep_the_batch_and_add_the_bench_plugin(tiny_llama_dir, tmp_path):
+    from askdraft import multi_gpu as mg
+
+    cfgs = {mode: mg.compose_recipe("c", mode, tiny_llama_dir, tmp_path / "p.jsonl", tmp_path / mode, tmp_path,
+                                    ["gpu-fast", "dpo-fast"], 12, 1 if mode == "1gpu" else 2)
+            for mode in mg.MODES}
+    for mode, cfg in cfgs.items():
+        world = 1 if mode == "1gpu" else 2
+        assert cfg["micro_batch_size"] * cfg["gradient_accumulation_steps"] * world == 32, mode
+        assert cfg["plugins"][-1] == "askdraft_bench.BenchPlugin" and "askdraft_dpo.AskDraftDPOPlugin" in cfg["plugins"]
+        assert (cfg["max_steps"], cfg["logging_steps"], cfg["save_strategy"]) == (12, 1, "no")
+        assert cfg["adapter"] == "lora" and cfg["load_in_4bit"] is False  # the gpu-fast profile
+        assert ("deepspeed" in cfg) == (mode == "zero2")
+    assert Path(cfgs["zero2"]["deepspeed"]) == mg.ZERO2 and mg.ZERO2.is_file()
+    b = mg.compose_recipe("b", "ddp", tiny_llama_dir, tmp_path / "b.jsonl", tmp_path / "b", tmp_path, [], 12, 2)
+    assert b["lora_model_dir"] is None and b["adapter"] == "qlora"  # no phase A adapter; the recipe's QLoRA
+    with pytest.raises(mg.InputError, match="do not divide"):
+        mg.compose_recipe("b", "ddp", tiny_llama_dir, tmp_path / "b.jsonl", tmp_path / "b", tmp_path, [], 12, 3)
+    assert mg.launch_command("r.yaml", "1gpu", 1, False)[-2:] == ["--launcher", "python"]
+    cmd = mg.launch_command("r.yaml", "ddp", 2, False)
+    assert cmd[cmd.index("--launcher"):] == ["--launcher", "accelerate", "--", "--num_processes", "2"]
+
+
+def test_mode_env_gives_the_gpus_and_keeps_nccl(monkeypatch):
+    from askdraft import multi_gpu as mg
+
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
+    assert mg.mode_env("1gpu", ["2", "3"], False)["CUDA_VISIBLE_DEVICES"] == "2"
+    env = mg.mode_env("zero2", ["2", "3"], False)
+    assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["NCCL_NVLS_ENABLE"] == "0"
+    assert str(REPO / "plugins") in env["PYTHONPATH"].split(os.pathsep)
+
+
+def _rank(rank, step_s, tokens, peak, losses):
+    return {"rank": rank, "world": 2, "device": "gpu", "distributed_type": "MULTI_GPU", "step_s": step_s,
+            "tokens": tokens, "peak_reserved_bytes": peak, "peak_rss_bytes": 2**30,
+            "log_history": [{"step": i + 1, "loss": x, "askdraft/pairs_dropped_total": 1.0} for i, x in enumerate(losses)]
+            + [{"train_runtime": 1.0, "step": len(losses)}]}
+
+
+def test_summary_times_the_slowest_process_after_the_warmup():
+    from askdraft import multi_gpu as mg
+
+    ranks = [_rank(1, [9.0, 1.0, 2.0, 1.0], [10, 10, 10, 10], 3 * 2**30, [0.7, 0.6, 0.5, 0.4]),
+             _rank(0, [9.0, 2.0, 1.0, 1.0], [20, 20, 20, 20], 2**30, [0.7, 0.6, 0.5, 0.4])]
+    s = mg.summarize(ranks, warmup=1, phase="c")
+    assert s["step_s"] == [9.0, 2.0, 2.0, 1.0] and s["step_s_median"] == 2.0 and s["timed_steps"] == 3
+    assert s["tokens_per_s"] == pytest.approx(90 / 5) and s["peak_reserved_gib"] == [1.0, 3.0]
+    assert [x["loss"] for x in s["steps"]] == [0.7, 0.6, 0.5, 0.4] and s["pairs_dropped_total"] == 4
+    one = mg.summarize([{**_rank(0, [9.0, 2.0, 2.0, 2.0], [15] * 4, 2**30, [0.7, 0.6, 0.55, 0.4]), "world": 1}], 1, "c")
+    modes = {"1gpu": one, "ddp": s, "zero2": {"error": "exit 1"}}
+    mg.compare(modes, compare_steps=3)
+    assert s["scaling_vs_1gpu"] == pytest.approx(18 / 7.5) and s["loss_diff_steps"] == 3
+    assert s["max_abs_loss_diff_vs_1gpu"] == pytest.approx(0.05) and s["pairs_dropped_equal_1gpu"]
+    assert "scaling_vs_1gpu" not in modes["zero2"]
+
+
+def test_doc_table_from_a_result(tmp_path):
+    import doc_tables
+    from askdraft.io import write_json
+
+    assert "No runs yet" in doc_tables.multi_gpu_table(tmp_path / "none")
+    ddp = {"processes": 2, "devices": ["NVIDIA H200", "NVIDIA H200"], "step_s_median": 0.25, "tokens_per_s": 1234.4,
+           "scaling_vs_1gpu": 1.8, "peak_reserved_gib": [3.0, 3.5], "max_abs_loss_diff_vs_1gpu": 1e-3,
+           "loss_diff_steps": 8, "pairs_dropped_total": 7}
+    write_json(tmp_path / "x-c.json", {"phase": "c", "modes": {"ddp": ddp, "zero2": {"error": "exit 1"}}})
+    table = doc_tables.multi_gpu_table(tmp_path)
+    assert "| `x-c.json` | C | ddp | 2 | NVIDIA H200 | 0.250 | 1234 | 1.80 | 3.5 | 0.001 (8 steps) | 7 |" in table
+    assert "| `x-c.json` | C | zero2 | | | failed: exit 1 |" in table
+
+
+def test_teacher_pairs_are_draft_pairs_that_fit(smollm2_dir):
+    from conftest import strategyqa_split
+    from askdraft import multi_gpu as mg, templates
+    from askdraft.data import FILES
+
+    pairs = mg.teacher_pairs(strategyqa_split() / FILES["cot"], smollm2_dir)
+    assert len(pairs) >= 8 * 16  # enough for 16 steps a mode
+    for p in pairs[:50]:
+        assert p["flipped"] and p["mode"] == "draft" and p["chosen"] == f" {p['gold']}"
+        assert templates.parse_tentative(p["prompt"]) == p["gold"] and templates.parse_tentative(p["rejected"]) != p["gold"]

@@ -157,6 +157,8 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         if mode == "train" and self._pending_tokens is not None:
             self._total_train_tokens += int(self.accelerator.gather(self._pending_tokens.reshape(1)).sum().item())
             self._pending_tokens = None
+        if not m:  # no micro-batch since the last log (e.g. the train-end summary): nothing to add
+            return
         m["num_tokens"] = [self._total_train_tokens]
         keys = sorted(k for k, v in m.items() if v and isinstance(v[0], torch.Tensor))
         if not keys:

@@ -228,11 +228,12 @@ def run(phase, base, name, data=None, modes=MODES, gpus=("0", "1"), steps=16, wa
         raise InputError(base, None, "base model directory not found")
     gpus = list(gpus)
     world = len(gpus)
-    work = Path(work).resolve() / name
+    root = Path(work).resolve()
+    work = root / name
     work.mkdir(parents=True, exist_ok=True)
     t_model = time.time()
-    if random_model:
-        base = make_random_model(work / f"random-{random_model}", random_model, tokenizer_from=base)
+    if random_model:  # one model for every run of this shape under --work
+        base = make_random_model(root / f"random-{random_model}", random_model, tokenizer_from=base)
     t_model = time.time() - t_model
 
     # the data subset: C, 8 x steps pairs (steps / 4 optimizer steps an epoch, 4 epochs); B, 32 x steps rows
