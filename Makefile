@@ -262,9 +262,9 @@ MGPU_7B ?= c
 MGPU = $(ASKDRAFT) multi-gpu --gpus $(MGPU_IDS) --warmup 2
 multi-gpu-bench: data/sft/REPORT.json ## phases B and C: 1 GPU vs DDP vs ZeRO-2 (needs the multi-gpu extra)
 	$(PY) -c 'import deepspeed' || { echo "multi-gpu-bench: install the multi-gpu extra (recipes/multi_gpu/README.md)" >&2; exit 2; }
-	-$(MGPU) --phase b --base $(BASE) --name $(BASE_NAME)-b --steps $(MGPU_STEPS) --profile gpu-fast
-	-$(MGPU) --phase c --base $(BASE) --name $(BASE_NAME)-c --steps $(MGPU_STEPS) --profile gpu-fast --profile dpo-fast
-	$(foreach p,$(MGPU_7B),$(MGPU) --phase $(p) --base $(BASE) --random-model llama2-7b --name llama2-7b-shape-$(p) --steps 8 --profile gpu || true;)
+	-$(MGPU) --phase b --base $(BASE) --name $(BASE_NAME)-b --steps $(MGPU_STEPS) --profile gpu-fast --timeout 180
+	-$(MGPU) --phase c --base $(BASE) --name $(BASE_NAME)-c --steps $(MGPU_STEPS) --profile gpu-fast --profile dpo-fast --timeout 180
+	$(foreach p,$(MGPU_7B),$(MGPU) --phase $(p) --base $(BASE) --random-model llama2-7b --name llama2-7b-shape-$(p) --steps 8 --profile gpu --timeout 300 || true;)
 	ls results/multi_gpu/*.json
 
 # the study: KFOLD folds over every question, phase C chosen per fold on a validation split carved from

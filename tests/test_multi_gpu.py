@@ -152,3 +152,25 @@ def test_teacher_pairs_are_draft_pairs_that_fit(smollm2_dir):
     for p in pairs[:50]:
         assert p["flipped"] and p["mode"] == "draft" and p["chosen"] == f" {p['gold']}"
         assert templates.parse_tentative(p["prompt"]) == p["gold"] and templates.parse_tentative(p["rejected"]) != p["gold"]
+
+
+def test_a_mode_past_its_timeout_is_killed_with_its_children(tmp_path):
+    from askdraft import multi_gpu as mg
+
+    marker = tmp_path / "child.pid"
+    script = f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \
+             f"open({str(marker)!r}, 'w').write(str(c.pid)); time.sleep(60)"
+    with open(tmp_path / "log", "w") as f:
+        assert mg.run_group([sys.executable, "-c", script], dict(os.environ), f, timeout=3) == "timeout"
+    import time
+    pid = int(marker.read_text())
+    for _ in range(50):  # the grandchild is gone (reaped by init) soon after the group is killed
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":  # killed, waiting for a reaper
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the mode's child process outlived the timeout")

@@ -70,6 +70,8 @@ def make_random_model(out_dir, shape="llama2-7b", tokenizer_from=None, seed=0, d
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     del model
+    if device == "cuda":  # the runs are other processes: give the GPU back
+        torch.cuda.empty_cache()
     os.replace(tmp, out_dir)
     return out_dir
 
@@ -127,6 +129,27 @@ def mode_env(mode, gpus, cpu):
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env["CUDA_VISIBLE_DEVICES"] = "" if cpu else ",".join(gpus[:1] if mode == "1gpu" else gpus)
     return env  # NCCL_* (e.g. NCCL_NVLS_ENABLE) pass through as the machine sets them
+
+
+def run_group(cmd, env, out, timeout=None):
+    """Run cmd in its own process group; past `timeout` seconds the whole group (accelerate's
+    workers too, which would hold the GPUs) is killed. Returns the exit code or "timeout"."""
+    import signal
+
+    p = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        return "timeout"
+    except BaseException:  # Ctrl-C: take the workers down with us
+        os.killpg(p.pid, signal.SIGKILL)
+        raise
 
 
 def summarize(ranks, warmup, phase):
@@ -274,11 +297,7 @@ def run(phase, base, name, data=None, modes=MODES, gpus=("0", "1"), steps=16, wa
         t0 = time.time()
         print(f"== {name} {mode}: {' '.join(cmd)}", flush=True)
         with open(log, "w", encoding="utf-8") as f:
-            try:
-                code = subprocess.run(cmd, cwd=REPO_ROOT, env=mode_env(mode, gpus, cpu), stdout=f,
-                                      stderr=subprocess.STDOUT, timeout=timeout).returncode
-            except subprocess.TimeoutExpired:
-                code = "timeout"
+            code = run_group(cmd, mode_env(mode, gpus, cpu), f, timeout)
         entry = {"command": " ".join(cmd), "recipe": str(recipe),
                  "recipe_sha256": hashlib.sha256(recipe.read_bytes()).hexdigest(), "wall_s": round(time.time() - t0, 1),
                  "log": str(log)}
