@@ -107,7 +107,7 @@ JUDGE_MODE ?= $(if $(JUDGE_SERVE),letter,json)
 ISOLATE ?=
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) $(3) -o $(RUNS)/$(1)$(4).yaml
 
-.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi clean-runs help
+.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi multi-gpu-bench clean-runs help
 # `make help`: each `target: ... ## text` line, then each `## VAR: text` line with VAR's value here
 HELP_VARS = $(shell sed -n 's/^## \([A-Z_]*\): .*/\1/p' $(THIS_MAKEFILE))
 help: ## this list: the targets, then the variables (make TARGET VAR=value) and their values here
@@ -253,6 +253,23 @@ phase-b-multi: models/baseline_phaseA/adapter_model.safetensors ## phase B on NG
 phase-c-multi: $(PAIRS) $(MERGED)/config.json ## phase C on NGPU GPUs of one node
 	$(call MULTI,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(C_PROFILES),--profile $(p)),$(CV))
 	$(AXOLOTL) train runs/multi/phase_c$(CV).yaml --launcher accelerate -- --num_processes $(NGPU)
+
+# phases B and C on 1 GPU vs MGPU_IDS with DDP vs ZeRO-2 (askdraft multi-gpu; recipes/multi_gpu/README.md):
+# results/multi_gpu/<name>.json and .png. Phase C trains on teacher pairs (no phases A/B needed); the
+# 7B shape is Llama-2-7B's dimensions with random weights, QLoRA (NF4) as the recipes ship
+## MGPU_IDS: GPU ids of multi-gpu-bench's multi-process modes (its 1gpu mode uses the first)
+MGPU_IDS ?= 0,1
+## MGPU_STEPS: optimizer steps a mode of multi-gpu-bench for BASE (a multiple of 4)
+MGPU_STEPS ?= 12
+## MGPU_7B: phases of multi-gpu-bench on the random 7B shape ("c", "b c", or empty for none), 8 steps a mode
+MGPU_7B ?= c
+MGPU = $(ASKDRAFT) multi-gpu --gpus $(MGPU_IDS) --warmup 2
+multi-gpu-bench: data/sft/REPORT.json ## phases B and C: 1 GPU vs DDP vs ZeRO-2 (needs the multi-gpu extra)
+	$(PY) -c 'import deepspeed' || { echo "multi-gpu-bench: install the multi-gpu extra (recipes/multi_gpu/README.md)" >&2; exit 2; }
+	-$(MGPU) --phase b --base $(BASE) --name $(BASE_NAME)-b --steps $(MGPU_STEPS) --profile gpu-fast --timeout 180
+	-$(MGPU) --phase c --base $(BASE) --name $(BASE_NAME)-c --steps $(MGPU_STEPS) --profile gpu-fast --profile dpo-fast --timeout 180
+	$(foreach p,$(MGPU_7B),$(MGPU) --phase $(p) --base $(BASE) --random-model llama2-7b --name llama2-7b-shape-$(p) --steps 8 --profile gpu --timeout 300 || true;)
+	ls results/multi_gpu/*.json
 
 # the study: KFOLD folds over every question, phase C chosen per fold on a validation split carved from
 # its train, results pooled into results/<model>-kfold<K>/ (tools/askdraft/kfold.py)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from askdraft_dpo.args import AskDraftDPOArgs
-from askdraft_dpo.losses import (askdraft_loss, published_dr_loss, seed_dr_keep_mask)
+from askdraft_dpo.losses import (askdraft_loss, published_dr_loss, seed_dr_drop_count, seed_dr_keep_mask)
 
 BETA = 0.1
 # (log pi(chosen), log ref(chosen), log pi(rejected), log ref(rejected)) per pair
@@ -135,6 +135,40 @@ def test_seed_dr_drops_15_percent_at_micro_batch_1():
     assert stats["pairs_dropped"] == 1 and loss.item() == 0 and carry == pytest.approx(0.05)
     loss.backward()
     assert h.grad.tolist() == [0.0]
+
+
+def one_gpu_drops(fraction, n, batches):
+    """The one-GPU carry process, micro-batch after micro-batch (what the trainer did before it
+    ran on several devices)."""
+    carry, counts = 0.0, []
+    for _ in range(batches):
+        _, k, carry = seed_dr_keep_mask(torch.zeros(n), fraction, carry)
+        counts.append(k)
+    return counts
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 8])
+@pytest.mark.parametrize("fraction", [0.0, 0.15, 0.1, 1 / 3, 0.5, 0.7, 0.9])
+def test_seed_dr_global_position_equals_the_one_gpu_carry(world, n, fraction):
+    # N ranks: rank r's local micro-batch i is global micro-batch i * N + r (accelerate's
+    # BatchSamplerShard), the pairs before it (i * N + r) * n
+    batches = 240
+    ranks = [[seed_dr_drop_count(fraction, (i * world + r) * n, n) for i in range(batches // world)]
+             for r in range(world)]
+    interleaved = [ranks[g % world][g // world] for g in range(batches)]
+    assert interleaved == one_gpu_drops(fraction, n, batches)
+    if fraction == 0.15 and n == 4:
+        assert sum(interleaved) == 0.15 * 4 * batches  # exactly 15 %
+
+
+def test_askdraft_loss_at_a_global_position():
+    # the loss with pairs_before = P drops what the carry process holds after P pairs implies
+    _, stats, _ = run(robust="seed", drop_fraction=0.2, pairs_before=3)  # 0.6 + 0.6 -> 1
+    _, stats0, _ = run(robust="seed", drop_fraction=0.2, pairs_before=0)  # 0.6 -> 0
+    assert (stats["pairs_dropped"], stats0["pairs_dropped"]) == (1, 0)
+    _, stats, _ = run(robust="seed", drop_fraction=0.2, pairs_before=6)  # carry .2 + .6 -> 0
+    assert stats["pairs_dropped"] == 0
 
 
 # Dr. DPO as released: github.com/junkangwu/Dr_DPO, trainers.py at commit

@@ -2,6 +2,7 @@
 per-question results into one summary (the accuracy computed again here, by hand)."""
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,23 @@ def test_fold_folder_runs_the_repo_makefile_on_its_own_files(tmp_path, smollm2_d
     assert "--stage SG" in plan.stdout and str(REPO_ROOT) not in plan.stdout.replace(str(REPO_ROOT / "tools"), "")
     with pytest.raises(kfold.InputError, match="unknown candidate"):
         kfold.run(2, tmp_path / "r", candidates=["nope"], base=smollm2_dir)
+
+
+def test_folds_get_their_gpu_round_robin(tmp_path, smollm2_dir, monkeypatch):
+    """--gpus 0,1: fold f's stage processes see CUDA_VISIBLE_DEVICES = gpus[f % 2], whatever the
+    caller's is; without --gpus they inherit the caller's."""
+    seen, real_run = {}, subprocess.run
+
+    def fake_run(cmd, *args, **kw):
+        if any(str(c).endswith("run_stages.py") for c in cmd):
+            seen[Path(kw["cwd"]).name] = kw["env"].get("CUDA_VISIBLE_DEVICES")
+            return subprocess.CompletedProcess(cmd, 1)  # the fold stops at its first stage
+        return real_run(cmd, *args, **kw)
+
+    monkeypatch.setattr(kfold.subprocess, "run", fake_run)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    for gpus, expect in [("0,1", ["0", "1", "0"]), (None, ["7", "7", "7"])]:
+        seen.clear()
+        with pytest.raises(RuntimeError, match="failed"):
+            kfold.run(3, tmp_path / "r", base=smollm2_dir, gpus=gpus, parallel=3)
+        assert [seen[kfold.fold_dir(tmp_path / "r", f).name] for f in range(3)] == expect, seen

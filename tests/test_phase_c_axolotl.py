@@ -113,6 +113,7 @@ def test_phase_c_recipe_runs_the_schedule(tiny_llama_dir, tmp_path):
         assert all(s != 0 for s in shifts) if epoch in (2, 3) else all(s == 0 for s in shifts), (epoch, shifts)
         dropped = sum(e["askdraft/pairs_dropped"] for e in entries)
         assert dropped == (2 if epoch == 4 else 0), (epoch, dropped)  # 15 % of 16 = 2.4 -> 0,1,0,1
+        assert sum(e["askdraft/pairs_dropped_total"] for e in entries) == dropped  # one micro-batch a step
 
     first = logs[0]  # step 0: the fresh adapter is zero, so policy == reference == phase B (to float32
     # rounding: the policy's LM head runs on the completion positions only, TRL's reference on all)

@@ -7,6 +7,7 @@ written by hand):
   that scored it, commit, accuracies).
 - plugins/askdraft_dpo/README.md: the recipe keys of the plugin, from args.py's pydantic fields
   (type, default, description).
+- recipes/multi_gpu/README.md: one row per mode of each results/multi_gpu/*.json (`askdraft multi-gpu`).
 
     python tools/doc_tables.py           # rewrite the tables
     python tools/doc_tables.py --check   # exit 1 if one is stale (tests/test_docs.py)
@@ -146,6 +147,43 @@ def plugin_keys_table(path=PLUGIN_ARGS):
             + fields_table(args.ScheduleEntry))
 
 
+# ---------------------------------------------------------------- multi-GPU results (askdraft multi-gpu)
+
+MULTI_GPU = RESULTS / "multi_gpu"
+MULTI_GPU_HEADER = ("| run | phase | mode | processes | device | median step (s) | useful tokens/s | scaling vs 1gpu "
+                    "| peak reserved GiB (max rank) | max abs loss diff vs 1gpu | pairs dropped |\n"
+                    "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def _num(x, fmt):
+    return "" if x is None else format(x, fmt)
+
+
+def multi_gpu_table(results=MULTI_GPU):
+    """One row per mode of every results/multi_gpu/*.json that tools/askdraft/multi_gpu.py wrote."""
+    runs = sorted(Path(results).glob("*.json")) if Path(results).is_dir() else []
+    if not runs:
+        return ("No runs yet: `make multi-gpu-bench` writes `results/multi_gpu/<name>.json`; "
+                "`python tools/doc_tables.py` then fills this table.")
+    rows = [MULTI_GPU_HEADER]
+    for path in runs:
+        r = json.loads(path.read_text(encoding="utf-8"))
+        for mode, m in r["modes"].items():
+            if "error" in m:
+                rows.append(f"| `{path.name}` | {r['phase'].upper()} | {mode} | | | failed: {m['error']} | | | | | |")
+                continue
+            peak = [g for g in m.get("peak_reserved_gib") or [] if g is not None]
+            diff = m.get("max_abs_loss_diff_vs_1gpu")
+            rows.append(" | ".join([
+                f"| `{path.name}`", r["phase"].upper(), mode, str(m["processes"]), m["devices"][0],
+                _num(m.get("step_s_median"), ".3f"), _num(m.get("tokens_per_s"), ".0f"),
+                _num(m.get("scaling_vs_1gpu", 1.0 if mode == "1gpu" else None), ".2f"),
+                _num(max(peak) if peak else None, ".1f"),
+                "" if diff is None else f"{diff:.2g} ({m.get('loss_diff_steps')} steps)",
+                _num(m.get("pairs_dropped_total"), ".0f")]) + " |")
+    return "\n".join(rows)
+
+
 # ---------------------------------------------------------------- pages
 
 BENCH = RESULTS / "bench.json"
@@ -205,7 +243,8 @@ def performance_table(path=BENCH):
 
 PAGES = {"results/README.md": ("runs table", runs_table), "README.md": ("headline", headline_table),
          "plugins/askdraft_dpo/README.md": ("recipe keys table", plugin_keys_table),
-         "results/performance.md": ("performance table", performance_table)}
+         "results/performance.md": ("performance table", performance_table),
+         "recipes/multi_gpu/README.md": ("multi-GPU results table", multi_gpu_table)}
 
 
 def render(text, what, body):

@@ -24,7 +24,7 @@
 set -euo pipefail
 WORK=${WORK:-/tmp/askdraft-run}
 RUN=${RUN:-pipeline}
-TARGET=${TARGET:-pipeline}  # or kfold (MODEL_NAME then names its pooled results folder)
+TARGET=${TARGET:-pipeline}  # or kfold (MODEL_NAME then names its pooled results folder), or multi-gpu-bench
 export ASKDRAFT_CACHE=${ASKDRAFT_CACHE:-/tmp/askdraft-cache}
 GGUF=$ASKDRAFT_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf
 cmd=${1:?usage: gpu_pipeline.sh start|wait|collect|gguf ...}; shift
@@ -63,6 +63,10 @@ collect)  # one archive: the lent host's fetch leaves out folders nested deeper 
   mkdir -p "${1:?dir}"
   if [ -d "$WORK/results/$MODEL_NAME" ]; then tar -czf "$1/$MODEL_NAME.tgz" -C "$WORK/results" "$MODEL_NAME"; fi
   cp "$LOG" "$1"/
+  # make multi-gpu-bench (TARGET=multi-gpu-bench): its JSON/PNG results and per-mode logs and recipes
+  if [ -d "$WORK/results/multi_gpu" ]; then
+    tar -czf "$1/multi_gpu.tgz" -C "$WORK" results/multi_gpu $(cd "$WORK" && ls -d runs/multi_gpu/*/*.log runs/multi_gpu/*/*.yaml 2>/dev/null)
+  fi
   if [ -d "$WORK/runs/kfold" ]; then  # the folds' logs, selections, reports and per-fold results, so far
     dest=$(cd "$1" && pwd)
     (cd "$WORK/runs/kfold" && shopt -s nullglob && files=(fold_*/kfold.log fold_*/selection.json fold_*/data/MANIFEST.json \

@@ -34,8 +34,19 @@ Two families of tricks, chosen per epoch by the recipe's schedule (`cal`, `robus
     On a micro-batch of one pair it is plain DPO (the soft-min of one loss is that loss).
 
 `cal` picks the per-pair loss, `robust` picks how the per-pair losses become one number, so the
-two compose (e.g. published Cal-DPO aggregated by published Dr. DPO). Batch statistics (the Cal
-mean, the Dr drop) are over the pairs one device sees in one micro-batch.
+two compose (e.g. published Cal-DPO aggregated by published Dr. DPO).
+
+Batch statistics on one or several devices. With N data-parallel processes (DDP or DeepSpeed,
+micro-batch n each, accumulation 8 / N), accelerate's data loader deals the global micro-batches
+of the one-GPU order round-robin: process r gets global micro-batches r, r + N, r + 2N, ...
+(BatchSamplerShard, split_batches=False, every process shuffling with the same seed). So:
+  - the Cal means (seed: mean h; published: the calibration scalar) are over the n pairs of one
+    micro-batch, on every process as on one GPU: the same sets, no cross-device reduction;
+  - the seed Dr drop count of a micro-batch is a function of its position in the global order,
+    seed_dr_drop_count(fraction, pairs_before, n) with pairs_before = the pairs of all global
+    micro-batches before it: exactly the count the one-GPU carry process (seed_dr_keep_mask
+    called micro-batch after micro-batch) drops there, so N processes drop the same number of
+    pairs from the same micro-batches as one GPU (tests/test_dpo_losses.py checks N = 1, 2, 4).
 """
 import math
 
@@ -70,6 +81,16 @@ def published_cal_per_pair(r_w, r_l, beta):
     return -F.logsigmoid(r_w - r_l) + CAL_WEIGHT * cal
 
 
+DROP_EPS = 1e-9  # 0.15 * 20 pairs is 3.0000000000000004 or 2.9999999999999996 depending on the order
+
+
+def _seed_dr_step(n, fraction, carry):
+    """(pairs dropped from a batch of n, the new carry) of seed Dr-DPO's carry process."""
+    want = fraction * n + carry
+    k = min(int(want + DROP_EPS), max(n - 1, 1))  # DROP_EPS: 0.4 + 0.6 must give 1, not 0.999..
+    return k, min(max(want - k, 0.0), 1.0)
+
+
 def seed_dr_keep_mask(score, fraction, carry=0.0):
     """Seed Dr-DPO: keep-mask that drops the `fraction` of pairs with the highest `score`.
 
@@ -87,13 +108,26 @@ def seed_dr_keep_mask(score, fraction, carry=0.0):
     Returns (keep mask, number dropped, new carry).
     """
     n = score.numel()
-    want = fraction * n + carry
-    k = min(int(want + 1e-9), max(n - 1, 1))  # 1e-9: 0.4 + 0.6 must give 1, not 0.999..
-    new_carry = min(max(want - k, 0.0), 1.0)
+    k, new_carry = _seed_dr_step(n, fraction, carry)
     keep = torch.ones(n, dtype=torch.bool, device=score.device)
     if k > 0:
         keep[torch.topk(score.detach(), k).indices] = False
     return keep, k, new_carry
+
+
+def seed_dr_carry_at(fraction, pairs_before):
+    """The carry seed_dr_keep_mask's one-GPU process holds after `pairs_before` pairs (from carry 0,
+    below its cap): the fractional part of fraction * pairs_before."""
+    want = fraction * pairs_before
+    return max(want - math.floor(want + DROP_EPS), 0.0)
+
+
+def seed_dr_drop_count(fraction, pairs_before, n):
+    """Pairs the one-GPU carry process drops from a micro-batch of n pairs that follows
+    `pairs_before` pairs: floor(f (P + n)) - floor(f P), capped at n - 1 for n >= 2 (a batch keeps
+    a pair; below the cap the carry never saturates, and at f >= 1 - 1/n both give n - 1 every
+    batch). A function of the global position only, so every process computes its own count."""
+    return _seed_dr_step(n, fraction, seed_dr_carry_at(fraction, pairs_before))[0]
 
 
 def published_dr_loss(per_pair, beta_prime):
@@ -115,8 +149,13 @@ def askdraft_loss(
     drop_score="margin",
     beta_prime=1.0,
     carry=0.0,
+    pairs_before=None,
 ):
     """The phase C loss of one batch. Returns (loss, stats, new carry for seed Dr-DPO).
+
+    Seed Dr-DPO's drop count: from `carry` (the one-GPU process), or, when `pairs_before` is
+    given, from the micro-batch's global position (seed_dr_drop_count; what the trainer uses, the
+    same count on one or several devices).
 
     stats: cal_shift (mean h subtracted; 0 unless cal == "seed"), pairs_dropped (seed Dr-DPO),
     and the usual reward statistics (beta * log-ratios, as TRL logs them).
@@ -140,9 +179,13 @@ def askdraft_loss(
         loss = per_pair.mean()
     elif robust == "seed":
         score = {"margin": -h, "policy": -(chosen_logps - rejected_logps), "loss": per_pair}[drop_score]
+        if pairs_before is not None:
+            carry = seed_dr_carry_at(drop_fraction, pairs_before)
         keep, dropped, carry = seed_dr_keep_mask(score, drop_fraction, carry)
-        # a one-pair micro-batch whose pair is dropped: zero loss, still attached to the graph
-        loss = per_pair[keep].mean() if keep.any() else per_pair.sum() * 0.0
+        # a one-pair micro-batch whose pair is dropped: zero loss, still attached to the graph.
+        # The masked mean needs no host sync (per_pair[keep] would wait for the device)
+        n = per_pair.numel()
+        loss = torch.where(keep, per_pair, 0.0).sum() / (n - dropped) if dropped < n else per_pair.sum() * 0.0
     else:
         loss = published_dr_loss(per_pair, beta_prime)
 

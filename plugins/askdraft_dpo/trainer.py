@@ -6,8 +6,21 @@ policy log-probs are computed as TRL does, over the completion positions only
 (for a PEFT model without ref_model: the policy with its adapter disabled, no second copy),
 and the loss from losses.askdraft_loss. Metrics go into TRL's self._metrics, which
 DPOTrainer.log averages into the normal HF logs (and trainer_state.json's log_history).
+
+Several devices (DDP / DeepSpeed through accelerate): each process runs its own micro-batches,
+the global micro-batches r, r + N, ... of the one-GPU order (see losses.py). The Cal mean is over
+one micro-batch on every process, as on one GPU; the seed Dr drop count comes from the
+micro-batch's global position (pairs_before below), not a per-device carry. Metrics are kept as
+detached per-micro-batch tensors of this process (no host sync per micro-step) and turned into
+numbers once per log call: one gather over the processes, then each metric is the mean over every
+micro-batch of the logging window on every process, which is the one-GPU average over the same
+micro-batches. `askdraft/pairs_dropped` is that mean (pairs dropped per micro-batch, as on one
+GPU), `askdraft/pairs_dropped_total` the sum over the window and the processes (with
+logging_steps 1: the optimizer step's drops).
 """
 import math
+
+import torch
 
 from transformers import TrainerCallback
 from trl.trainer.utils import selective_log_softmax
@@ -56,7 +69,11 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         if bad := [k for k, v in unsupported.items() if v]:
             raise ValueError(f"askdraft_dpo computes its own loss and does not support DPO options {bad}")
         self.cal, self.robust = "none", "none"
-        self._drop_carry, self.schedule_epoch = 0.0, 0
+        self.schedule_epoch = 0
+        # pairs of the global micro-batch order before this process's next training micro-batch
+        # (every process advances it by world * n a micro-step), and this process's attention-mask
+        # tokens not yet added to TRL's _total_train_tokens (a device tensor: no sync a micro-step)
+        self._global_pairs_before, self._pending_tokens = 0, None
         self.configure(AskDraftDPOArgs())  # the recipe keys' defaults; the plugin passes the recipe's
 
     def configure(self, args):
@@ -92,23 +109,27 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
             chosen_logps, ref_chosen = (length_normalized(t, len_chosen) for t in (chosen_logps, ref_chosen))
             rejected_logps, ref_rejected = (length_normalized(t, len_rejected) for t in (rejected_logps, ref_rejected))
 
-        loss, stats, carry = askdraft_loss(
+        n, world, rank = chosen_logps.shape[0], self.accelerator.num_processes, self.accelerator.process_index
+        loss, stats, _ = askdraft_loss(
             chosen_logps, rejected_logps, ref_chosen, ref_rejected,
             beta=self.beta, cal=self.cal, robust=self.robust, drop_fraction=self.drop_fraction,
-            drop_score=self.drop_score, beta_prime=self.beta_prime, carry=self._drop_carry,
+            drop_score=self.drop_score, beta_prime=self.beta_prime,
+            pairs_before=self._global_pairs_before + rank * n,
         )
         if nll is not None:
             loss = loss + self.rpo_alpha * nll
             stats["nll"] = nll.detach()
         if mode == "train":
-            self._drop_carry = carry
-            self._total_train_tokens += self.accelerator.gather_for_metrics(inputs["attention_mask"].sum()).sum().item()
+            # every process's micro-batch holds n pairs (accelerate's even_batches)
+            self._global_pairs_before += world * n
+            tokens = inputs["attention_mask"].sum().detach()
+            self._pending_tokens = tokens if self._pending_tokens is None else self._pending_tokens + tokens
         self._log_metrics(mode, stats, chosen_logps, rejected_logps, ref_chosen, ref_rejected)
         return (loss, outputs) if return_outputs else loss
 
     def _log_metrics(self, mode, stats, chosen_logps, rejected_logps, ref_chosen, ref_rejected):
-        m, mean = self._metrics[mode], lambda t: self.accelerator.gather(t.detach()).float().mean().item()
-        m["num_tokens"] = [self._total_train_tokens]
+        """Per-micro-batch means of this process, as detached 0-dim float32 tensors (numbers at log())."""
+        m, mean = self._metrics[mode], lambda t: t.detach().float().mean()
         m["rewards/chosen"].append(mean(stats["chosen_rewards"]))
         m["rewards/rejected"].append(mean(stats["rejected_rewards"]))
         m["rewards/accuracies"].append(mean(stats["accuracies"]))
@@ -120,9 +141,42 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         m["askdraft/epoch"].append(float(self.schedule_epoch))
         m["askdraft/beta"].append(float(self.beta))
         m["askdraft/cal_shift"].append(mean(stats["cal_shift"].reshape(1)))
-        m["askdraft/pairs_dropped"].append(float(stats["pairs_dropped"]))  # per micro-batch, this device
+        dropped = torch.tensor(float(stats["pairs_dropped"]))  # a host int: no sync
+        m["askdraft/pairs_dropped"].append(dropped)
+        m["askdraft/pairs_dropped_total"].append(dropped)
         if "nll" in stats:
             m["askdraft/nll_chosen"].append(mean(stats["nll"].reshape(1)))
+
+    def metric_numbers(self, mode):
+        """Turn this mode's tensor metrics into TRL's lists of floats, once per log call: one
+        gather over the processes of a [metrics x micro-batches] tensor, the mean over processes
+        of each micro-batch's value (pairs_dropped_total: the sum over processes and micro-batches,
+        as one number). Called by every process at the same point (Trainer.log runs on each), so
+        the collective lines up. Float metrics (epoch, beta) are left as they are."""
+        m = self._metrics[mode]
+        if mode == "train" and self._pending_tokens is not None:
+            self._total_train_tokens += int(self.accelerator.gather(self._pending_tokens.reshape(1)).sum().item())
+            self._pending_tokens = None
+        if not m:  # no micro-batch since the last log (e.g. the train-end summary): nothing to add
+            return
+        m["num_tokens"] = [self._total_train_tokens]
+        keys = sorted(k for k, v in m.items() if v and isinstance(v[0], torch.Tensor))
+        if not keys:
+            return
+        steps = len(m[keys[0]])
+        if any(len(m[k]) != steps for k in keys):
+            raise RuntimeError(f"askdraft_dpo: metrics with different counts {[(k, len(m[k])) for k in keys]}")
+        local = torch.stack([torch.stack([t.to(self.accelerator.device) for t in m[k]]) for k in keys])
+        every = self.accelerator.gather(local.unsqueeze(0))  # [processes, metrics, micro-batches]
+        per_batch = every.mean(dim=0).tolist()
+        for key, row in zip(keys, per_batch):
+            m[key] = row
+        if "askdraft/pairs_dropped_total" in m:
+            m["askdraft/pairs_dropped_total"] = [float(every[:, keys.index("askdraft/pairs_dropped_total")].sum())]
+
+    def log(self, logs, start_time=None):
+        self.metric_numbers("train" if self.model.training else "eval")
+        super().log(logs, start_time)
 
 
 class ScheduleCallback(TrainerCallback):

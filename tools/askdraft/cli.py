@@ -8,8 +8,9 @@ from askdraft.command import run
 def main(argv=None):
     p = argparse.ArgumentParser(prog="askdraft", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    from askdraft import attribution, base_model, data, drafts, evaluate, judge, kfold, pairs, recipe, report, sft_data
-    for mod in (data, base_model, sft_data, recipe, drafts, pairs, evaluate, attribution, judge, report, kfold):
+    from askdraft import attribution, base_model, data, drafts, evaluate, judge, kfold, multi_gpu, pairs, recipe, report, sft_data
+    for mod in (data, base_model, sft_data, recipe, drafts, pairs, evaluate, attribution, judge, report, kfold,
+                multi_gpu):
         mod.add_cli(sub)
     return run(p.parse_args(argv))
 
