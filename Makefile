@@ -2,6 +2,7 @@
 # `make help` lists the targets (`target: ... ## what it does`) and the variables you can set
 # (`## VAR: what it means` above the declaration), with their values for this machine.
 THIS_MAKEFILE := $(lastword $(MAKEFILE_LIST))
+comma := ,
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 VENV ?= .venv
@@ -107,7 +108,7 @@ JUDGE_MODE ?= $(if $(JUDGE_SERVE),letter,json)
 ISOLATE ?=
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) $(3) -o $(RUNS)/$(1)$(4).yaml
 
-.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi multi-gpu-bench clean-runs help
+.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi multi-gpu-bench speed-study clean-runs help
 # `make help`: each `target: ... ## text` line, then each `## VAR: text` line with VAR's value here
 HELP_VARS = $(shell sed -n 's/^## \([A-Z_]*\): .*/\1/p' $(THIS_MAKEFILE))
 help: ## this list: the targets, then the variables (make TARGET VAR=value) and their values here
@@ -283,9 +284,21 @@ kfold: $(BASE)/config.json ## the k-fold study: the pipeline per fold side by si
 clean-runs: ## remove the composed recipes (runs/) and axolotl's prepared datasets
 	rm -rf runs .cache/axolotl_prepared
 
-# one H200, estimated (not run yet): --phases B --ablate ~8 min; --phases A,B,C ~10 min; both (the default) ~15 min
 ## BENCH_ARGS: options of `python -m askdraft.bench` (e.g. --phases B --steps 20; --model DIR --profile gpu-fast)
 BENCH_ARGS ?= --ablate
 bench: data/sft/REPORT.json | $(SETUP) ## the recipes through axolotl train at the Llama-2-7B shape (random NF4): plain vs tuned vs each switch -> results/bench.json + .png
-	PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True $(PY) -m askdraft.bench $(BENCH_ARGS)
+	$(PY) -m askdraft.bench $(BENCH_ARGS)
+	$(PY) tools/doc_tables.py
+
+## SPEED_GPUS: the two GPU ids of speed-study
+SPEED_GPUS ?= 0,1
+speed-study: data/sft/REPORT.json | $(SETUP) ## every speed figure on two GPUs: multi-gpu-bench, then bench (plain rows on one GPU, tuned + switches on the other) and the 7B inference bench
+	$(MAKE) --no-print-directory multi-gpu-bench MGPU_IDS=$(SPEED_GPUS)
+	mkdir -p runs; set -- $(subst $(comma), ,$(SPEED_GPUS)); \
+	CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench --configs plain > runs/bench_plain.log 2>&1 & plain=$$!; \
+	CUDA_VISIBLE_DEVICES=$$2 $(PY) -m askdraft.bench --configs tuned --ablate > runs/bench_tuned.log 2>&1 & tuned=$$!; \
+	wait $$plain || echo "speed-study: bench --configs plain failed (runs/bench_plain.log)"; \
+	CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench_generation --model runs/models/llama2-7b-shape --load-in-4bit \
+	  --batch-sizes 16,32,48 --out results/bench_generation.json || echo "speed-study: bench_generation failed"; \
+	wait $$tuned || echo "speed-study: bench --configs tuned failed (runs/bench_tuned.log)"
 	$(PY) tools/doc_tables.py

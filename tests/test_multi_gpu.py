@@ -144,10 +144,10 @@ def test_doc_table_from_a_result(tmp_path):
 
 def test_teacher_pairs_are_draft_pairs_that_fit(smollm2_dir):
     from conftest import strategyqa_split
-    from askdraft import multi_gpu as mg, templates
+    from askdraft import bench_inputs, templates
     from askdraft.data import FILES
 
-    pairs = mg.teacher_pairs(strategyqa_split() / FILES["cot"], smollm2_dir)
+    pairs = bench_inputs.teacher_pairs(strategyqa_split() / FILES["cot"], smollm2_dir)
     assert len(pairs) >= 8 * 16  # enough for 16 steps a mode
     for p in pairs[:50]:
         assert p["flipped"] and p["mode"] == "draft" and p["chosen"] == f" {p['gold']}"

@@ -216,7 +216,7 @@ def performance_table(path=BENCH):
         groups.setdefault((r["device"], r["model"]["name"]), []).append(r)
     out = []
     for (device, model), rows in groups.items():
-        run = doc["runs"][rows[0]["run_id"]]
+        run = doc["runs"][max(r["run_id"] for r in rows)]  # the latest run's estimate covers the rows before it
         plain = {r["phase"]: r for r in rows if r["config"] == "plain" and "error" not in r}
         out += [f"**{model} on {device}** (commit {str(rows[0]['commit'])[:7]}, {rows[0]['date'][:10]}; "
                 f"quant {rows[0]['model']['quant']}, vocab {rows[0]['model']['vocab_size']}; "

@@ -22,6 +22,7 @@ gradient-checkpointing recompute are not counted. Rows go to --out (schema 2:
 """
 import argparse
 import datetime
+import fcntl
 import hashlib
 import json
 import math
@@ -101,14 +102,16 @@ def step_stats(steps, warmup):
 
 
 # ---------------------------------------------------------------------------- recipes
-def plan(phases, ablate):
+def plan(phases, ablate, configs=("plain", "tuned")):
     """(phase, config) in run order: every row without Liger before the first one with it
-    (Liger patches transformers for the rest of the process: bench_train)."""
-    rows = [(p, "plain") for p in phases]
-    if ablate and "B" in phases:
+    (Liger patches transformers for the rest of the process: bench_train). configs: which of
+    plain / tuned (the ablations come with tuned)."""
+    rows = [(p, "plain") for p in phases] if "plain" in configs else []
+    tuned = "tuned" in configs
+    if tuned and ablate and "B" in phases:
         rows.append(("B", "tuned-minus-liger"))
-    rows += [(p, "tuned") for p in phases]
-    if ablate and "B" in phases:
+    rows += [(p, "tuned") for p in phases] if tuned else []
+    if tuned and ablate and "B" in phases:
         rows += [("B", f"tuned-minus-{s}") for s in ABLATIONS if s != "liger"]
     return rows
 
@@ -301,6 +304,8 @@ def first_lines(path, n, out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--phases", default="A,B,C")
+    p.add_argument("--configs", default="plain,tuned",
+                   help="plain, tuned or both (two processes on two GPUs may share one --out)")
     p.add_argument("--ablate", action="store_true", help="phase B rows of tuned minus one switch each")
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps of a plain / tuned row")
     p.add_argument("--ablate-steps", type=int, default=8, help="timed optimizer steps of an ablation row")
@@ -326,7 +331,7 @@ def main(argv=None):
             raise InputError(model / "config.json", None, "not a model dir")
         name = model.name
     else:
-        model = bench_inputs.build_random_model(work / "llama2-7b-shape", bench_inputs.embedded_tokenizer_dir())
+        model = bench_inputs.build_random_model(bench_inputs.RANDOM_7B_DIR, bench_inputs.embedded_tokenizer_dir())
         name = "llama2-7b-shape-random"
     model_cfg = json.loads((model / "config.json").read_text())
     data = {ph: bench_inputs.phase_data(ph, a.repo, work, model) for ph in phases}
@@ -348,7 +353,7 @@ def main(argv=None):
                           "note": "random weights; tokenizer SmolLM2 (vocab 49152, not Llama-2's 32000)"
                           if not a.model else None}}
     rows = []
-    for phase, config in plan(phases, a.ablate):
+    for phase, config in plan(phases, a.ablate, [c.strip() for c in a.configs.split(",")]):
         print(f"bench: {phase} {config}", file=sys.stderr, flush=True)
         rows.append(measure(phase, config, ctx))
     epochs = {ph: yaml.safe_load((REPO_ROOT / RECIPES[ph]).read_text())["num_epochs"] for ph in phases}
@@ -356,11 +361,16 @@ def main(argv=None):
                  "versions": versions(), "device": ctx["device"], "model": name,
                  "data": {ph: {"path": _rel(source[ph]), "trained_from": _rel(data[ph]), "rows": len(tokens[ph]) // (2 if ph == "C" else 1),
                                "mean_tokens": round(ctx["mean_tokens"][ph], 1)} for ph in phases},
-                 "pipeline": pipeline_estimate(rows, {ph: len(tokens[ph]) // (2 if ph == "C" else 1)
-                                                      for ph in phases}, epochs),
                  "env": {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}}
-    doc = merge(a.out, ctx["run_id"], run_block, rows)
-    write_json(a.out, doc)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{a.out}.lock", "w") as lock:  # another bench process (another GPU) may share --out
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = merge(a.out, ctx["run_id"], run_block, rows)
+        same = [r for r in doc["rows"] if r.get("device") == ctx["device"] and r["model"]["name"] == name
+                and r["phase"] in phases]
+        run_block["pipeline"] = pipeline_estimate(  # this device and model's rows, this run's or not
+            same, {ph: len(tokens[ph]) // (2 if ph == "C" else 1) for ph in phases}, epochs)
+        write_json(a.out, doc)
     png = a.png or str(Path(a.out).with_suffix(".png"))
     plot([r for r in doc["rows"] if r.get("device") == ctx["device"] and r["model"]["name"] == name], png)
     for r in rows:

@@ -11,14 +11,17 @@ data/strategyqa_train_cot.jsonl: the teacher's draft concludes with the gold ans
 askdraft.pairs.make_pair gives chosen = the gold answer, rejected = the same draft flipped.
 """
 import json
+import os
 import statistics
 from pathlib import Path
 
-from askdraft import templates
+from askdraft import REPO_ROOT, templates
 from askdraft.io import InputError, write_jsonl
 
 LLAMA2_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                 intermediate_size=11008, max_position_embeddings=4096)
+                 intermediate_size=11008, max_position_embeddings=4096, rms_norm_eps=1e-5)
+# one random 7B-shape model for `make bench` and `make multi-gpu-bench` (13 GB: built once)
+RANDOM_7B_DIR = REPO_ROOT / "runs" / "models" / "llama2-7b-shape"
 SFT = {"A": "data/sft/phase_a.jsonl", "B": "data/sft/phase_b.jsonl"}
 TRAIN_COT = "data/strategyqa_train_cot.jsonl"
 PAIRS = "data/pairs.jsonl"
@@ -40,9 +43,12 @@ def shape_matches(model_dir, shape, vocab):
     return cfg.get("vocab_size") == vocab and all(cfg.get(k) == v for k, v in shape.items())
 
 
-def build_random_model(out_dir, tokenizer_dir, shape=LLAMA2_7B):
-    """out_dir/ with a random bf16 LlamaForCausalLM of `shape` + the tokenizer; reused when the
-    saved config already has this shape and vocabulary."""
+def build_random_model(out_dir, tokenizer_dir, shape=LLAMA2_7B, seed=0):
+    """out_dir/ with a random bf16 LlamaForCausalLM of `shape` + the tokenizer of tokenizer_dir
+    (vocab = its length), built on the GPU when there is one; reused when the saved config already
+    has this shape and vocabulary; written to a temporary folder and renamed into place."""
+    import shutil
+
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -51,39 +57,43 @@ def build_random_model(out_dir, tokenizer_dir, shape=LLAMA2_7B):
     if shape_matches(out_dir, shape, len(tok)):
         return out_dir
     cfg = LlamaConfig(vocab_size=len(tok), tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, torch_dtype="bfloat16",
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, dtype="bfloat16",
                       **shape)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     with device:
         model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    tok.save_pretrained(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
     del model
-    if device.type == "cuda":
+    if device.type == "cuda":  # the rows that load it may be other processes: give the GPU back
         torch.cuda.empty_cache()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
     return out_dir
 
 
-def teacher_pairs(train_cot, tokenizer_dir, out):
-    """Phase C pairs from the teacher drafts (see the module doc), those over PAIR_MAX_LEN
-    tokens dropped as `askdraft pairs --tokenizer` drops them (the recipe stops on longer ones)."""
+def teacher_pairs(train_cot, tokenizer_dir, max_len=PAIR_MAX_LEN):
+    """Draft-mode DPO pairs from the teacher's drafts, for phase C without phases A and B: the
+    prompt holds the teacher draft with the gold tentative answer, chosen is the gold final answer,
+    rejected the same draft flipped (askdraft.pairs.make_pair of a right draft). Pairs over max_len
+    tokens are left out, as `askdraft pairs --tokenizer` leaves them out (the recipe stops on them)."""
     from askdraft.pairs import make_pair, pair_length
     from askdraft.records import read_split
-    from transformers import AutoTokenizer
+    from askdraft.sft_data import load_tokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok = load_tokenizer(tokenizer_dir)
     pairs = []
     for r in read_split(train_cot, cot=True):
         rationale = templates.teacher_draft(r["teacher_steps"]) if r.get("teacher_steps") else r["teacher_cot"]
         pair = make_pair(r["question"], templates.draft_text(rationale, r["teacher_final"]), r["teacher_final"], "draft")
-        if pair is not None and pair_length(tok, pair) <= PAIR_MAX_LEN:
+        if pair is not None and pair_length(tok, pair) <= max_len:
             pairs.append(pair)
     if not pairs:
-        raise InputError(train_cot, None, f"no teacher pair fits {PAIR_MAX_LEN} tokens")
-    write_jsonl(out, pairs)
-    return out
+        raise InputError(train_cot, None, f"no teacher pair fits {max_len} tokens")
+    return pairs
 
 
 def phase_data(phase, repo, work, tokenizer_dir):
@@ -99,7 +109,9 @@ def phase_data(phase, repo, work, tokenizer_dir):
     train_cot = repo / TRAIN_COT
     if not train_cot.is_file():
         raise InputError(train_cot, None, "missing: run `make data` first (phase C's pairs are built from it)")
-    return teacher_pairs(train_cot, tokenizer_dir, Path(work) / "pairs_teacher.jsonl")
+    out = Path(work) / "pairs_teacher.jsonl"
+    write_jsonl(out, teacher_pairs(train_cot, tokenizer_dir))
+    return out
 
 
 def row_tokens(path, tokenizer_dir, phase):

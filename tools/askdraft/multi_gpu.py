@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from askdraft import REPO_ROOT, git_commit
+from askdraft import REPO_ROOT, bench_inputs, git_commit
 from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
 from askdraft.recipe import compose, write
 
@@ -39,61 +39,9 @@ ZERO2 = REPO_ROOT / "recipes" / "multi_gpu" / "zero2.json"
 BENCH_PLUGIN = "askdraft_bench.BenchPlugin"
 EFFECTIVE_BATCH, MICRO = 32, 4
 C_EPOCHS = 4  # phase_c.yaml's schedule
-SHAPES = {  # Llama-2-7B's dimensions (meta-llama/Llama-2-7b-hf config.json)
-    "llama2-7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5),
-}
+SHAPES = {"llama2-7b": bench_inputs.LLAMA2_7B}
 STEP_KEYS = ("loss", "grad_norm", "learning_rate", "askdraft/cal_shift", "askdraft/pairs_dropped",
              "askdraft/pairs_dropped_total", "askdraft/epoch", "askdraft/beta", "rewards/margins")
-
-
-def make_random_model(out_dir, shape="llama2-7b", tokenizer_from=None, seed=0, device=None):
-    """A LlamaForCausalLM of `shape`'s dimensions with random weights (bf16 safetensors) and the
-    tokenizer of `tokenizer_from`; vocab = that tokenizer's length. Built on the GPU when there is one."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if shape not in SHAPES:
-        raise InputError("--random-model", None, f"unknown shape {shape!r}; choose from {list(SHAPES)}")
-    out_dir = Path(out_dir)
-    if (out_dir / "config.json").is_file():
-        return out_dir
-    tok = AutoTokenizer.from_pretrained(tokenizer_from)
-    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False, dtype="bfloat16", **SHAPES[shape])
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.manual_seed(seed)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    del model
-    if device == "cuda":  # the runs are other processes: give the GPU back
-        torch.cuda.empty_cache()
-    os.replace(tmp, out_dir)
-    return out_dir
-
-
-def teacher_pairs(split_path, tokenizer, max_len=254):
-    """Draft-mode DPO pairs from the teacher's drafts, for phase C without phases A and B: the
-    prompt holds the teacher draft (its steps) with the gold tentative answer, chosen is the gold
-    final answer, rejected the same draft with its tentative answer flipped (askdraft.pairs'
-    make_pair of a right draft). Pairs longer than max_len tokens are left out."""
-    from askdraft import templates
-    from askdraft.pairs import make_pair, pair_length
-    from askdraft.records import read_split
-    from askdraft.sft_data import load_tokenizer
-
-    tok = load_tokenizer(tokenizer)
-    out = []
-    for r in read_split(split_path, cot=True):
-        body = templates.teacher_draft(r["teacher_steps"]) if r.get("teacher_steps") else r["teacher_cot"]
-        pair = make_pair(r["question"], templates.draft_text(body, r["teacher_final"]), r["teacher_final"], "draft")
-        if pair is not None and pair_length(tok, pair) <= max_len:
-            out.append(pair)
-    return out
 
 
 def compose_recipe(phase, mode, base, data, out_dir, work, profiles, steps, world, extra=()):
@@ -255,15 +203,15 @@ def run(phase, base, name, data=None, modes=MODES, gpus=("0", "1"), steps=16, wa
     work = root / name
     work.mkdir(parents=True, exist_ok=True)
     t_model = time.time()
-    if random_model:  # one model for every run of this shape under --work
-        base = make_random_model(root / f"random-{random_model}", random_model, tokenizer_from=base)
+    if random_model:  # one model for every run of this shape (and make bench's)
+        base = bench_inputs.build_random_model(bench_inputs.RANDOM_7B_DIR, base, SHAPES[random_model])
     t_model = time.time() - t_model
 
     # the data subset: C, 8 x steps pairs (steps / 4 optimizer steps an epoch, 4 epochs); B, 32 x steps rows
     rows_needed = EFFECTIVE_BATCH * steps // (C_EPOCHS if phase == "c" else 1)
     if data is None and phase == "c":
         split = Path(split or REPO_ROOT / "data" / "strategyqa_train_cot.jsonl")
-        rows = teacher_pairs(split, base)
+        rows = bench_inputs.teacher_pairs(split, base)
         data_source = f"teacher pairs from {split}"
     else:
         data = Path(data or REPO_ROOT / "data" / "sft" / "phase_b.jsonl")
