@@ -319,6 +319,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     if "torch" not in sys.modules:  # before CUDA initialises: fewer fragmentation-reserved bytes
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+        # one GPU: with several visible, axolotl's device_map "auto" splits the 7B across them
+        # (seen on 2 x H200: "mat2 is on cuda:1"); pick another with CUDA_VISIBLE_DEVICES
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
     import torch
 
     from askdraft import bench_inputs
