@@ -288,17 +288,25 @@ clean-runs: ## remove the composed recipes (runs/) and axolotl's prepared datase
 BENCH_ARGS ?= --ablate
 bench: data/sft/REPORT.json | $(SETUP) ## the recipes through axolotl train at the Llama-2-7B shape (random NF4): plain vs tuned vs each switch -> results/bench.json + .png
 	$(PY) -m askdraft.bench $(BENCH_ARGS)
-	$(PY) tools/doc_tables.py
+	$(PY) tools/doc_tables.py --only results/performance.md
 
-## SPEED_GPUS: the two GPU ids of speed-study
+## SPEED_GPUS: GPU ids of speed-study: two (multi-GPU, then plain and tuned side by side) or one (all in turn)
 SPEED_GPUS ?= 0,1
-speed-study: data/sft/REPORT.json | $(SETUP) ## every speed figure on two GPUs: multi-gpu-bench, then bench (plain rows on one GPU, tuned + switches on the other) and the 7B inference bench
-	$(MAKE) --no-print-directory multi-gpu-bench MGPU_IDS=$(SPEED_GPUS)
+## GEN_BATCHES: batch sizes of speed-study's 7B inference bench (drafts and scoring)
+GEN_BATCHES ?= 8,16,24,32
+speed-study: data/sft/REPORT.json | $(SETUP) ## every speed figure: multi-gpu-bench (two ids), bench plain vs tuned vs each switch, the 7B inference bench
 	mkdir -p runs; set -- $(subst $(comma), ,$(SPEED_GPUS)); \
-	CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench --configs plain > runs/bench_plain.log 2>&1 & plain=$$!; \
-	CUDA_VISIBLE_DEVICES=$$2 $(PY) -m askdraft.bench --configs tuned --ablate > runs/bench_tuned.log 2>&1 & tuned=$$!; \
-	wait $$plain || echo "speed-study: bench --configs plain failed (runs/bench_plain.log)"; \
-	CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench_generation --model runs/models/llama2-7b-shape --load-in-4bit \
-	  --batch-sizes 16,32,48 --out results/bench_generation.json || echo "speed-study: bench_generation failed"; \
-	wait $$tuned || echo "speed-study: bench --configs tuned failed (runs/bench_tuned.log)"
-	$(PY) tools/doc_tables.py
+	gen() { CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench_generation --model runs/models/llama2-7b-shape --load-in-4bit \
+	  --batch-sizes $(GEN_BATCHES) --out results/bench_generation.json || echo "speed-study: bench_generation failed"; }; \
+	if [ $$# -eq 1 ]; then \
+	  CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench --ablate > runs/bench.log 2>&1 || echo "speed-study: bench failed (runs/bench.log)"; \
+	  gen $$1; \
+	else \
+	  $(MAKE) --no-print-directory multi-gpu-bench MGPU_IDS=$(SPEED_GPUS); \
+	  CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench --configs plain > runs/bench_plain.log 2>&1 & plain=$$!; \
+	  CUDA_VISIBLE_DEVICES=$$2 $(PY) -m askdraft.bench --configs tuned --ablate > runs/bench_tuned.log 2>&1 & tuned=$$!; \
+	  wait $$plain || echo "speed-study: bench --configs plain failed (runs/bench_plain.log)"; \
+	  gen $$1; \
+	  wait $$tuned || echo "speed-study: bench --configs tuned failed (runs/bench_tuned.log)"; \
+	fi
+	$(PY) tools/doc_tables.py --only results/performance.md --only recipes/multi_gpu/README.md

@@ -241,9 +241,31 @@ def performance_table(path=BENCH):
     return "\n".join(out).rstrip()
 
 
+GENERATION = RESULTS / "bench_generation.json"
+
+
+def generation_table(path=GENERATION, limit_gib=7.0):
+    """results/performance.md: the 7B drafts (generation) and eval (scoring) rows of bench_generation.json."""
+    if not path.is_file():
+        return "No rows yet: `make speed-study` on a GPU writes results/bench_generation.json."
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    def gib(x):
+        return "–" if x is None else f"{x:.2f}" + (" (over)" if x > limit_gib else "")
+    out = [f"**{doc['model']} ({doc['quant']}) on {doc['device']}** (commit {str(doc['commit'])[:7]}, {doc['date'][:10]}; "
+           f"{doc['rows'][0]['new_tokens']} new tokens forced per draft, median of {doc['rows'][0]['timed_batches']} timed batches):",
+           "", "| batch | s a batch | new tokens/s | drafts of 2289 questions, s (estimate) | peak reserved GiB, generating "
+           "| scoring rows/s | peak reserved GiB, scoring |", "|---|---|---|---|---|---|---|"]
+    for r in doc["rows"]:
+        out.append(f"| {r['batch_size']} | {r['generate_s_median']:.2f} | {r['new_tokens_per_s']:.0f} | {r['drafts_s_estimate']:.0f} "
+                   f"| {gib(r.get('generate_peak_reserved_gib'))} | {r['score_rows_per_s']:.0f} "
+                   f"| {gib(r.get('score_peak_reserved_gib', r.get('peak_reserved_gib')))} |")
+    return "\n".join(out)
+
+
 PAGES = {"results/README.md": ("runs table", runs_table), "README.md": ("headline", headline_table),
          "plugins/askdraft_dpo/README.md": ("recipe keys table", plugin_keys_table),
          "results/performance.md": ("performance table", performance_table),
+         "results/performance.md#generation": ("generation table", generation_table),
          "recipes/multi_gpu/README.md": ("multi-GPU results table", multi_gpu_table)}
 
 
@@ -254,17 +276,24 @@ def render(text, what, body):
     return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
-def stale_pages(repo=REPO, write=False):
-    """Pages whose generated table differs from what the sources say (rewritten when write)."""
+def stale_pages(repo=REPO, write=False, only=None):
+    """Pages whose generated table differs from what the sources say (rewritten when write);
+    only: page paths (every generated section of each)."""
     stale = []
-    for rel, (what, make_body) in PAGES.items():
+    for key, (what, make_body) in PAGES.items():
+        rel = key.split("#")[0]  # a page with two generated sections has a second key "page#section"
+        if only and rel not in only:
+            continue
         page = repo / rel
         old = page.read_text(encoding="utf-8")
         new = render(old, what, make_body())
         if new != old:
-            stale.append(rel)
+            if rel not in stale:
+                stale.append(rel)
             if write:
-                page.write_text(new, encoding="utf-8")
+                tmp = page.with_name(page.name + ".tmp")
+                tmp.write_text(new, encoding="utf-8")
+                tmp.replace(page)
                 print(f"-> {page}")
     return stale
 
@@ -272,8 +301,10 @@ def stale_pages(repo=REPO, write=False):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="exit 1 if a generated table is stale")
+    p.add_argument("--only", action="append", choices=sorted({k.split("#")[0] for k in PAGES}), metavar="PAGE",
+                   help="only this page (repeatable), e.g. results/performance.md after make bench")
     a = p.parse_args(argv)
-    stale = stale_pages(write=not a.check)
+    stale = stale_pages(write=not a.check, only=a.only)
     if a.check and stale:
         print(f"stale: {', '.join(stale)}; run python tools/doc_tables.py", file=sys.stderr)
         return 1

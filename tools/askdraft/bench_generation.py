@@ -66,6 +66,9 @@ def bench(model, tok, batch_sizes, new_tokens, batches, progress=True):
             s, _ = timed(lambda: generate(model, tok, qs, max_new_tokens=new_tokens, min_new_tokens=new_tokens), sync)
             gen_s.append(round(s, 4))
         gen_peak = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
+        if cuda:  # scoring's peak on its own: it holds batch x length x vocab fp32 log-probs
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         tok.padding_side = "right"
         score_s = []
         for b in range(batches + 1):
@@ -84,8 +87,8 @@ def bench(model, tok, batch_sizes, new_tokens, batches, progress=True):
             drafts_s_estimate=round(med * -(-DRAFT_QUESTIONS // bs), 1),
             score_s_per_batch=score_s[1:],
             score_rows_per_s=round(bs / statistics.median(score_s[1:]), 1),
-            peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None,
-            generate_peak_reserved_gib=round(gen_peak, 3) if cuda else None))
+            generate_peak_reserved_gib=round(gen_peak, 3) if cuda else None,
+            score_peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None))
     return rows
 
 
@@ -93,7 +96,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="model dir (config.json + weights + tokenizer)")
     ap.add_argument("--load-in-4bit", action="store_true", help="NF4 base, as the 7B recipes train it")
-    ap.add_argument("--batch-sizes", default="16,32", help="comma-separated generation/scoring batch sizes")
+    ap.add_argument("--batch-sizes", default="8,16,24,32", help="comma-separated generation/scoring batch sizes")
     ap.add_argument("--new-tokens", type=positive_int, default=128)
     ap.add_argument("--batches", type=positive_int, default=3, help="timed batches per size (after one warm-up)")
     ap.add_argument("--out", required=True)
@@ -117,7 +120,7 @@ def main(argv=None):
     for r in rows:
         print(f"batch {r['batch_size']}: {r['new_tokens_per_s']} new tok/s, {r['generate_s_median']} s a batch, "
               f"drafts ~{r['drafts_s_estimate']} s, scoring {r['score_rows_per_s']} rows/s, "
-              f"peak {r['peak_reserved_gib']} GiB")
+              f"peak reserved {r['generate_peak_reserved_gib']} GiB generating, {r['score_peak_reserved_gib']} GiB scoring")
     return 0
 
 
