@@ -75,9 +75,13 @@ PAIR_MODE ?= $(or $(PAIR_MODE_$(PROFILE)),draft)
 SG_ROUNDS ?= 1
 # generation and scoring batches: a decode step of a small model costs about the same at 16 or
 # 256 rows on a GPU; lower them for a 7B on an 8 GB card
+# gpu (a 7B in 4 bits on an 8 GB card): the largest batches that stayed within 7 GiB at the 7B
+# shape, drafts 24 and scoring 16 (results/performance.md, 7B drafts and eval scoring)
 ## DRAFT_BATCH: rows per generation batch (drafts)
-DRAFT_BATCH ?= $(if $(filter 1,$(HAS_GPU)),256,16)
+DRAFT_BATCH_gpu := 24
+DRAFT_BATCH ?= $(or $(DRAFT_BATCH_$(PROFILE)),$(if $(filter 1,$(HAS_GPU)),256,16))
 ## EVAL_BATCH: rows per lm-eval scoring batch
+EVAL_BATCH_gpu := 16
 EVAL_BATCH_gpu-fast := 256
 EVAL_BATCH ?= $(or $(EVAL_BATCH_$(PROFILE)),$(if $(filter 1,$(HAS_GPU)),64,8))
 ## LIMIT: train rows used (default: all; smoke: 64)
