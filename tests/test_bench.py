@@ -1,8 +1,9 @@
 """The benchmark (tools/askdraft/bench.py): its accounting by hand, and phases B and C through
-the real `axolotl train` in process on a tiny Llama on CPU."""
+the real `axolotl train` (a process a row) on a tiny Llama on CPU."""
 import json
 import math
 import shutil
+import sys
 
 import pytest
 import yaml
@@ -51,12 +52,33 @@ def test_flops_and_peaks():
     assert bench.peak_flops("cpu") is None
 
 
-def test_plan_runs_every_row_without_liger_first():
+def test_plan():
     rows = bench.plan(["A", "B", "C"], ablate=True)
-    first_liger = rows.index(("A", "tuned"))
-    assert all(c in ("plain", "tuned-minus-liger") for _, c in rows[:first_liger])
-    assert {c for _, c in rows} >= {f"tuned-minus-{s}" for s in bench.ABLATIONS}
+    assert rows[:6] == [(p, c) for c in ("plain", "tuned") for p in "ABC"]
+    assert rows[6:] == [("B", f"tuned-minus-{s}") for s in bench.ABLATIONS]
     assert bench.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned")]
+    assert bench.plan(["B"], ablate=True, configs=["plain"]) == [("B", "plain")]
+
+
+def test_a_row_raises_in_its_own_process(tmp_path):
+    """The row process's exception comes back as the row's error; axolotl never ran here."""
+    trained_here = "axolotl.train" in sys.modules
+    res = bench.train_row(tmp_path / "missing.yaml", threads=1)
+    assert list(res) == ["error"] and res["error"].startswith("FileNotFoundError(")
+    assert ("axolotl.train" in sys.modules) == trained_here
+
+
+def test_a_dead_row_process_gives_its_last_stderr_line(tmp_path, monkeypatch, capfd):
+    """Killed without writing a row (OOM killer, CUDA abort): the error is its stderr's last line,
+    and its progress bars (carriage returns) still reach our stderr."""
+    python = tmp_path / "python"
+    python.write_text("#!/bin/sh\nprintf 'step 1/4\\rstep 2/4\\nCUDA error: an illegal memory access was "
+                      "encountered\\n' >&2\nkill -9 $$\n")
+    python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    res = bench.train_row(tmp_path / "any.yaml", threads=1)
+    assert res == {"error": "row process exited with -9, no row: CUDA error: an illegal memory access was encountered"}
+    assert "step 1/4\rstep 2/4" in capfd.readouterr().err
 
 
 def test_packing_keeps_32_rows_a_step():
@@ -110,8 +132,10 @@ def tiny_repo(tmp_path_factory, smollm2_dir):
 def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
     root, model = tiny_repo
     out = root / "bench.json"
+    trained_here = "axolotl.train" in sys.modules
     bench.main(["--phases", "B,C", "--steps", "3", "--warmup", "1", "--model", str(model),
                 "--repo", str(root / "repo"), "--work", str(root / "work"), "--out", str(out)])
+    assert ("axolotl.train" in sys.modules) == trained_here   # every row trained in a process of its own
     doc = json.loads(out.read_text())
     assert doc["schema"] == 2 and (root / "bench.png").is_file()
     run = doc["runs"][doc["rows"][0]["run_id"]]

@@ -11,6 +11,10 @@ Default model: a random LlamaForCausalLM at the Llama-2-7B shape with the embedd
 tokenizer (vocab 49152: bench_inputs), loaded by the recipe's load_in_4bit NF4 path.
 --model DIR benches any model dir instead (e.g. the embedded 135M with --profile gpu-fast).
 
+Each row trains in a fresh Python process (python -m askdraft.bench_train; the model is built
+once, here): axolotl's LoRA kernels (LlamaAttention.forward calls self.apply_qkv), Liger and the
+attention patches change transformers' classes process-wide, so in one process they leaked into
+later rows (rows without them failed, and their timings were not those of their own switches).
 Per row: --warmup untimed optimizer steps, then --steps timed ones (bench_train: GPU-synchronised,
 tokens counted from the batches). useful tokens = non-padding tokens trained (DPO: chosen and
 rejected rows). MFU = useful tokens/s x FLOPs per useful token / the card's dense bf16 peak, with
@@ -21,6 +25,7 @@ gradient-checkpointing recompute are not counted. Rows go to --out (schema 2:
 {"schema": 2, "runs": {run_id: versions...}, "rows": [...]}, merged by device/model/phase/config).
 """
 import argparse
+import codecs
 import datetime
 import fcntl
 import hashlib
@@ -28,7 +33,9 @@ import json
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -103,16 +110,10 @@ def step_stats(steps, warmup):
 
 # ---------------------------------------------------------------------------- recipes
 def plan(phases, ablate, configs=("plain", "tuned")):
-    """(phase, config) in run order: every row without Liger before the first one with it
-    (Liger patches transformers for the rest of the process: bench_train). configs: which of
-    plain / tuned (the ablations come with tuned)."""
-    rows = [(p, "plain") for p in phases] if "plain" in configs else []
-    tuned = "tuned" in configs
-    if tuned and ablate and "B" in phases:
-        rows.append(("B", "tuned-minus-liger"))
-    rows += [(p, "tuned") for p in phases] if tuned else []
-    if tuned and ablate and "B" in phases:
-        rows += [("B", f"tuned-minus-{s}") for s in ABLATIONS if s != "liger"]
+    """(phase, config) in run order. configs: which of plain / tuned (the ablations come with tuned)."""
+    rows = [(p, c) for c in ("plain", "tuned") if c in configs for p in phases]
+    if "tuned" in configs and ablate and "B" in phases:
+        rows += [("B", f"tuned-minus-{s}") for s in ABLATIONS]
     return rows
 
 
@@ -185,8 +186,27 @@ def write_recipe(cfg, path):
 
 
 # ---------------------------------------------------------------------------- rows
+def train_row(path, threads):
+    """bench_train.run(path) in a fresh Python process; its stderr passes through. Returns its
+    result, or {"error": ...}: its exception, or if it died without one, its stderr's last line."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        cmd = [sys.executable, "-m", "askdraft.bench_train", str(path), str(out), "--threads", str(threads)]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        text, tail = codecs.getincrementaldecoder("utf-8")("replace"), ""
+        for chunk in iter(lambda: proc.stderr.read1(1 << 16), b""):  # chunks, not lines: progress bars
+            s = text.decode(chunk)
+            sys.stderr.write(s)
+            sys.stderr.flush()
+            tail = (tail + s)[-8192:]
+        rc = proc.wait()
+        if out.is_file():
+            return json.loads(out.read_text(encoding="utf-8"))
+    last = next((x for x in reversed(tail.replace("\r", "\n").splitlines()) if x.strip()), "")
+    return {"error": f"row process exited with {rc}, no row: {last.strip()}"}
+
+
 def measure(phase, config, ctx):
-    from askdraft import bench_train
     cfg = row_config(phase, config, ctx)
     path = ctx["work"] / "recipes" / f"{phase}-{config}.yaml"
     sha = write_recipe(cfg, path)
@@ -195,11 +215,10 @@ def measure(phase, config, ctx):
                TUNED_PROFILES[phase] if config != "plain" else [])},
            "model": ctx["model_info"], "device": ctx["device"], "commit": ctx["commit"], "date": ctx["date"],
            "run_id": ctx["run_id"]}
-    try:
-        res = bench_train.run(path)
-    except Exception as e:  # one broken switch must not lose the other rows
-        print(f"bench: {phase} {config} failed: {e!r}", file=sys.stderr)
-        return {**row, "error": repr(e)[:2000]}
+    res = train_row(path, ctx["threads"])
+    if "error" in res:  # one broken switch must not lose the other rows
+        print(f"bench: {phase} {config} failed: {res['error']}", file=sys.stderr)
+        return {**row, "error": res["error"][:2000]}
     stats = step_stats(res["steps"], ctx["warmup"])
     ref_forward = phase == "C" and not cfg.get("precompute_ref_log_probs")
     per_token = flops_per_useful_token(ctx["n_base"], res["lora_params"], ref_forward)
@@ -346,6 +365,7 @@ def main(argv=None):
     quant = "nf4" if "cpu" not in profiles else "none (cpu profile: fp32 LoRA)"
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     ctx = {"model": model, "work": work, "data": data, "warmup": a.warmup, "cpu": cpu, "profiles": profiles,
+           "threads": torch.get_num_threads(),
            "steps_of": lambda c: a.ablate_steps if c.startswith("tuned-minus-") else a.steps,
            "mean_tokens": {ph: statistics.fmean(t) for ph, t in tokens.items()},
            "n_base": base_params(model_cfg), "device": torch.cuda.get_device_name(0) if not cpu else "cpu",

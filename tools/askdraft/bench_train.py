@@ -6,13 +6,18 @@ packed batches without a mask, all but the pack's padding tail (packed_counts); 
 input_ids.numel().
 The trained model is not saved.
 
-Several rows run in one process: each gets axolotl's plugin registry cleared and the CUDA
-cache emptied first. Liger patches transformers' Llama classes for the rest of the process,
-so the caller runs every row without Liger before the first row with it (bench.plan).
+    python -m askdraft.bench_train CONFIG OUT [--threads N]
+
+writes run(CONFIG)'s result to OUT as JSON ({"error": repr} if it raised). One row a process
+(bench.py starts one per row): axolotl's LoRA kernels, Liger and attention patches change
+transformers' classes for the rest of the process they ran in.
 """
-import gc
+import argparse
+import json
 import sys
 import time
+import traceback
+from pathlib import Path
 
 import torch
 import transformers
@@ -77,23 +82,12 @@ def count_trainable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def reset_process_state():
-    from axolotl.integrations.base import PluginManager
-    if PluginManager._instance is not None:
-        PluginManager._instance.plugins.clear()
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
 def run(config_path):
     """Train CONFIG in process; returns {steps, lora_params, peak_*_gib, start_allocated_gib,
     ref_precomputed_s}."""
     import axolotl.cli.train
     import axolotl.train
 
-    reset_process_state()
     gib = 2 ** 30
     start_allocated = torch.cuda.memory_allocated() / gib if torch.cuda.is_available() else None
     meter, seen = StepMeter(), {}
@@ -128,5 +122,25 @@ def run(config_path):
     if torch.cuda.is_available():
         out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / gib
         out["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / gib
-    reset_process_state()
     return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="one bench row: CONFIG's result to OUT as JSON")
+    p.add_argument("config")
+    p.add_argument("out")
+    p.add_argument("--threads", type=int, help="torch threads (the parent's: a test pins one)")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        res = run(a.config)
+    except Exception as e:  # the parent makes it an error row
+        traceback.print_exc()
+        res = {"error": repr(e)}
+    Path(a.out).write_text(json.dumps(res), encoding="utf-8")
+    return 1 if "error" in res else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
