@@ -55,9 +55,23 @@ def test_flops_and_peaks():
 def test_plan():
     rows = bench.plan(["A", "B", "C"], ablate=True)
     assert rows[:6] == [(p, c) for c in ("plain", "tuned") for p in "ABC"]
-    assert rows[6:] == [("B", f"tuned-minus-{s}") for s in bench.ABLATIONS]
-    assert bench.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned")]
+    assert rows[6:12] == [("B", f"tuned-minus-{s}") for s in bench.ABLATIONS]
+    assert rows[12:] == [("C", "tuned-micro8"), ("C", "tuned-micro16")]
+    assert bench.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned"), ("C", "tuned-micro8"), ("C", "tuned-micro16")]
+    assert bench.plan(["C"], ablate=False) == [("C", "plain"), ("C", "tuned")]
     assert bench.plan(["B"], ablate=True, configs=["plain"]) == [("B", "plain")]
+
+
+def test_c_micro_rows_keep_32_pairs_a_step(tmp_path):
+    ctx = {"profiles": ["cpu"], "model": tmp_path, "warmup": 1, "steps_of": lambda c: 2, "work": tmp_path,
+           "data": {"C": tmp_path / "pairs.jsonl"}, "mean_tokens": {"C": 130.0}, "cpu": False}
+    tuned = bench.row_config("C", "tuned", ctx)
+    for micro in bench.C_MICRO:
+        cfg = bench.row_config("C", f"tuned-micro{micro}", ctx)
+        assert (cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]) == (micro, 32 // micro)
+        assert {k: v for k, v in cfg.items() if k not in ("micro_batch_size", "gradient_accumulation_steps", "output_dir")} \
+            == {k: v for k, v in tuned.items() if k not in ("micro_batch_size", "gradient_accumulation_steps", "output_dir")}
+    assert tuned["micro_batch_size"] * tuned["gradient_accumulation_steps"] == 32
 
 
 def test_a_row_raises_in_its_own_process(tmp_path):

@@ -5,7 +5,8 @@
 plain = recipes/phase_{a,b,c}.yaml as they are, plus only what a bench needs (base_model, data
 paths, max_steps, no saving). tuned = the same recipe with recipes/profiles/gpu-7b-fast.yaml
 (and dpo-7b-fast.yaml for C), composed by `askdraft recipe`. --ablate adds phase B rows of
-tuned minus one switch each. Every composed YAML is kept under runs/bench/ and hashed in its row.
+tuned minus one switch each, and phase C tuned rows at micro 8 x 4 and 16 x 2. Every composed
+YAML is kept under runs/bench/ and hashed in its row.
 
 Default model: a random LlamaForCausalLM at the Llama-2-7B shape with the embedded SmolLM2
 tokenizer (vocab 49152: bench_inputs), loaded by the recipe's load_in_4bit NF4 path.
@@ -57,6 +58,7 @@ LIGER_KEYS = ("liger_rms_norm", "liger_glu_activation", "liger_fused_linear_cros
 KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
 # tuned minus one switch: the keys that turn it off (packing / big_micro depend on the data)
 ABLATIONS = ["liger", "lora_kernels", "fused_adamw", "sdpa", "packing", "big_micro"]
+C_MICRO = [8, 16]  # phase C has no packing: --ablate adds tuned rows at these micro-batches (32 pairs a step)
 ABLATION_OFF = {"liger": {k: False for k in LIGER_KEYS}, "lora_kernels": {k: False for k in KERNEL_KEYS},
                 "fused_adamw": {"optimizer": "adamw_torch"}, "sdpa": {"attn_implementation": "eager"}}
 
@@ -114,6 +116,8 @@ def plan(phases, ablate, configs=("plain", "tuned")):
     rows = [(p, c) for c in ("plain", "tuned") if c in configs for p in phases]
     if "tuned" in configs and ablate and "B" in phases:
         rows += [("B", f"tuned-minus-{s}") for s in ABLATIONS]
+    if "tuned" in configs and ablate and "C" in phases:
+        rows += [("C", f"tuned-micro{m}") for m in C_MICRO]
     return rows
 
 
@@ -148,6 +152,9 @@ def row_config(phase, config, ctx):
                     "gradient_accumulation_steps": ROWS_PER_STEP // ROWS_PER_PACK[phase]})
     elif switch == "big_micro":
         cfg.update(packing_keys(phase, ctx["mean_tokens"][phase], 4, base_len))
+    if config.startswith("tuned-micro"):
+        micro = int(config.removeprefix("tuned-micro"))
+        cfg.update({"micro_batch_size": micro, "gradient_accumulation_steps": ROWS_PER_STEP // micro})
     if ctx["cpu"]:
         cfg.update(cpu_keys(cfg))
     return cfg
@@ -325,7 +332,7 @@ def main(argv=None):
     p.add_argument("--phases", default="A,B,C")
     p.add_argument("--configs", default="plain,tuned",
                    help="plain, tuned or both (two processes on two GPUs may share one --out)")
-    p.add_argument("--ablate", action="store_true", help="phase B rows of tuned minus one switch each")
+    p.add_argument("--ablate", action="store_true", help="phase B rows of tuned minus one switch each; phase C tuned rows at micro 8 and 16")
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps of a plain / tuned row")
     p.add_argument("--ablate-steps", type=int, default=8, help="timed optimizer steps of an ablation row")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
@@ -366,7 +373,7 @@ def main(argv=None):
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     ctx = {"model": model, "work": work, "data": data, "warmup": a.warmup, "cpu": cpu, "profiles": profiles,
            "threads": torch.get_num_threads(),
-           "steps_of": lambda c: a.ablate_steps if c.startswith("tuned-minus-") else a.steps,
+           "steps_of": lambda c: a.steps if c in ("plain", "tuned") else a.ablate_steps,
            "mean_tokens": {ph: statistics.fmean(t) for ph, t in tokens.items()},
            "n_base": base_params(model_cfg), "device": torch.cuda.get_device_name(0) if not cpu else "cpu",
            "commit": git_commit(), "date": date, "run_id": date,
