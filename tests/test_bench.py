@@ -187,10 +187,26 @@ def test_profiles_compose(tmp_path):
     shutil.rmtree(tmp_path)
 
 
+def test_step_meter_counts_a_step():
+    import torch
+
+    from askdraft_bench import StepMeter
+    meter = StepMeter(pad_id=2)
+    meter.on_step_begin(None, None, None)
+    meter.count({"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])})
+    meter.count({"input_ids": torch.tensor([[5, 6, 7, 8, 9, 2, 2, 2], [5, 6, 2, 7, 8, 9, 3, 4]]),
+                 "position_ids": torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3, 4]])})
+    meter.on_step_end(None, None, None)
+    meter.on_log(None, None, None, logs={"loss": 1.5})
+    (step,) = meter.steps
+    assert {k: step[k] for k in ("useful", "total", "rows", "loss")} == {"useful": 5 + 13, "total": 8 + 16, "rows": 2 + 4, "loss": 1.5}
+    assert meter.step_s == [step["s"]] and step["s"] > 0
+
+
 def test_packed_counts_drop_the_padding_tail():
     import torch
 
-    from askdraft.bench_train import packed_counts
+    from askdraft_bench import packed_counts
     ids = torch.tensor([[5, 6, 7, 8, 9, 2, 2, 2], [5, 6, 2, 7, 8, 9, 3, 4]])
     pos = torch.tensor([[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 2, 0, 1, 2, 3, 4]])
     assert packed_counts(ids, pos, pad_id=2) == (5 + 8, 2 + 2)   # row 1 ends in a row of pads

@@ -15,7 +15,6 @@ import time
 
 T0 = time.perf_counter()
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
 import axolotl.cli.config  # noqa: E402
 import axolotl.cli.train  # noqa: E402
@@ -23,6 +22,7 @@ import axolotl.common.datasets  # noqa: E402
 import axolotl.train  # noqa: E402
 
 from askdraft.io import write_json  # noqa: E402
+from askdraft_bench import StepMeter  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 phases: dict[str, float] = {}
@@ -42,20 +42,15 @@ def timed(module, name, label):
     setattr(module, name, wrapper)
 
 
-def sync():
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-class StepTimer(transformers.TrainerCallback):
-    """Per-optimizer-step wall time (GPU-synchronised) and a torch.profiler window."""
+class StepTimer(StepMeter):
+    """The askdraft_bench StepMeter, with a torch.profiler window over optimizer steps FIRST..LAST."""
 
     def __init__(self, first, last, ops_path):
+        super().__init__()
         self.first, self.last, self.ops_path = first, last, ops_path
-        self.step_s, self.prof, self.window_start = [], None, 0.0
+        self.prof, self.window_start = None, 0.0
 
     def on_step_begin(self, args, state, control, **kw):
-        sync()
         if state.global_step == self.first:
             activities = [torch.profiler.ProfilerActivity.CPU]
             if torch.cuda.is_available():
@@ -63,11 +58,10 @@ class StepTimer(transformers.TrainerCallback):
             self.prof = torch.profiler.profile(activities=activities)
             self.prof.__enter__()
             self.window_start = time.perf_counter()
-        self.start = time.perf_counter()
+        super().on_step_begin(args, state, control, **kw)
 
     def on_step_end(self, args, state, control, **kw):
-        sync()
-        self.step_s.append(round(time.perf_counter() - self.start, 4))
+        super().on_step_end(args, state, control, **kw)
         if self.prof is not None and state.global_step == self.last:
             self.prof.__exit__(None, None, None)
             self.write_ops(time.perf_counter() - self.window_start, state.global_step - self.first)
@@ -108,14 +102,14 @@ def main():
     def build_and_hook(*a, **kw):
         start = time.perf_counter()
         result = build(*a, **kw)
-        result[0].add_callback(timer)
+        timer.attach(result[0])
         phases["build_model_and_trainer"] = round(time.perf_counter() - start, 3)
         return result
 
     axolotl.train.setup_model_and_trainer = build_and_hook
     start = time.perf_counter()
     axolotl.cli.train.do_cli(config=args.config)
-    steps = timer.step_s
+    steps = [round(x, 4) for x in timer.step_s]
     report = {
         "config": args.config,
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
