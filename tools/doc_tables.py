@@ -259,6 +259,26 @@ def performance_table(path=BENCH):
     return "\n".join(out).rstrip()
 
 
+def readme_speed_table(path=BENCH):
+    """README.md: plain vs tuned per phase, the first device of bench.json (the rest: results/performance.md)."""
+    if not path.is_file():
+        return "No measurements yet: `make bench` on a GPU."
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    ok = [r for r in doc["rows"] if "error" not in r and r["config"] in ("plain", "tuned")]
+    device, model = ok[0]["device"], ok[0]["model"]["name"]
+    by = {(r["phase"], r["config"]): r for r in ok if r["device"] == device and r["model"]["name"] == model}
+    out = [f"`make bench`, {device}, the Llama-2-7B shape in NF4 (random weights; commit "
+           f"{str(ok[0]['commit'])[:7]}): the recipe as written vs the recipe + `--profile gpu-7b-fast` "
+           "(+ `dpo-7b-fast` for C; A and B packed, packs sized to keep 32 rows a step).", "",
+           "| phase | recipe: s/step | + fast profile: s/step | speed-up | peak reserved GiB (fast) |", "|---|---|---|---|---|"]
+    for phase in sorted({p for p, _ in by}):
+        plain, tuned = by.get((phase, "plain")), by.get((phase, "tuned"))
+        if plain and tuned:
+            out.append(f"| {phase} | {plain['step_s']['median']:.2f} | {tuned['step_s']['median']:.2f} "
+                       f"| {plain['step_s']['median'] / tuned['step_s']['median']:.1f}x | {tuned['peak_reserved_gib']:.2f} |")
+    return "\n".join(out)
+
+
 GENERATION = RESULTS / "bench_generation.json"
 
 
@@ -294,6 +314,7 @@ def generation_table(path=GENERATION, limit_gib=7.0):
 
 
 PAGES = {"results/README.md": ("runs table", runs_table), "README.md": ("headline", headline_table),
+         "README.md#speed": ("speed table", readme_speed_table),
          "plugins/askdraft_dpo/README.md": ("recipe keys table", plugin_keys_table),
          "results/performance.md": ("performance table", performance_table),
          "results/performance.md#generation": ("generation table", generation_table),
