@@ -25,6 +25,7 @@ README_COMMANDS = {
     "make test-fast": "tests/test_docs.py::test_readme_make_commands_expand (its pytest line is make test's minus -m)",
     "make setup": ".ci/run (`make test` sets up first)",
     "make help": "tests/test_makefile.py::test_help_lists_targets_and_variables",
+    "make bench": "tests/test_bench.py::test_bench_phases_b_and_c_through_axolotl (python -m askdraft.bench on a tiny Llama)",
     "make pipeline": "tests/test_run_stages.py::test_stages_in_process_skip_and_fail (the runner behind it); "
                      "tests/test_makefile.py::test_variant_keeps_its_own_files (PAIR_MODE, C_VARIANT, C_PROFILES), "
                      "::test_dpo_fast_profile_goes_to_phase_c_only (PROFILE=gpu-fast, smoke)",

@@ -267,10 +267,8 @@ def readme_speed_table(path=BENCH):
     ok = [r for r in doc["rows"] if "error" not in r and r["config"] in ("plain", "tuned")]
     device, model = ok[0]["device"], ok[0]["model"]["name"]
     by = {(r["phase"], r["config"]): r for r in ok if r["device"] == device and r["model"]["name"] == model}
-    out = [f"`make bench`, {device}, the Llama-2-7B shape in NF4 (random weights; commit "
-           f"{str(ok[0]['commit'])[:7]}): the recipe as written vs the recipe + `--profile gpu-7b-fast` "
-           "(+ `dpo-7b-fast` for C; A and B packed, packs sized to keep 32 rows a step).", "",
-           "| phase | recipe: s/step | + fast profile: s/step | speed-up | peak reserved GiB (fast) |", "|---|---|---|---|---|"]
+    out = [f"| phase (`make bench`, {device}, commit {str(ok[0]['commit'])[:7]}) | the recipe: s/step "
+           "| + `--profile gpu-7b-fast`: s/step | speed-up | peak reserved GiB |", "|---|---|---|---|---|"]
     for phase in sorted({p for p, _ in by}):
         plain, tuned = by.get((phase, "plain")), by.get((phase, "tuned"))
         if plain and tuned:
