@@ -4,11 +4,14 @@ import json
 import math
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from askdraft import bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # doc_tables (tools/doc_tables.py)
 
 ROW_FIELDS = {"phase", "config", "switches", "recipe", "model", "device", "commit", "date", "timed_steps",
               "warmup_steps", "step_s", "useful_tokens_per_s", "padding_fraction", "peak_reserved_gib",
