@@ -90,6 +90,11 @@ SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
 ## DRAFT_TOKENS: new tokens a draft may have (a question draft with its tentative answer is up to ~105)
 DRAFT_TOKENS ?= $(or $(DRAFT_TOKENS_$(PROFILE)),128)
 DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) --max-new-tokens $(DRAFT_TOKENS)
+## DRAFT_ENGINE: generate (padded batches) | continuous (continuous batching, a paged KV cache; DRAFT_BATCH drafts a call)
+DRAFT_ENGINE ?= generate
+## DRAFT_CACHE_TOKENS: continuous: the KV cache in tokens (bounds its memory; empty: sized from free GPU memory)
+DRAFT_CACHE_TOKENS ?=
+DRAFT_GEN := $(DRAFT_LIMIT) --engine $(DRAFT_ENGINE) $(if $(DRAFT_CACHE_TOKENS),--cache-tokens $(DRAFT_CACHE_TOKENS),)
 # smoke: no generative strategyqa_cot (128 new tokens a question would double its eval time)
 ## COT_TASK: the generative strategyqa_cot task in phase B's eval ("strategyqa_cot,"; empty skips it)
 COT_TASK ?= $(if $(filter smoke,$(PROFILE)),,strategyqa_cot,)
@@ -169,7 +174,7 @@ models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensor
 
 drafts: $(B_DRAFTS)/REPORT.json ## phase B's drafts for train + dev
 $(B_DRAFTS)/REPORT.json: $(MERGED)/config.json
-	$(ASKDRAFT) drafts --base $(MERGED) --name cot_phaseB --out-root $(DRAFTS_ROOT) --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+	$(ASKDRAFT) drafts --base $(MERGED) --name cot_phaseB --out-root $(DRAFTS_ROOT) --batch-size $(DRAFT_BATCH) $(DRAFT_GEN)
 
 pairs: $(PAIRS) ## DPO pairs (PAIR_MODE) from B's train drafts
 $(PAIRS): $(B_DRAFTS)/REPORT.json
@@ -184,7 +189,7 @@ $(DPO)/adapter_model.safetensors: $(PAIRS) $(MERGED)/config.json
 
 drafts-c: $(C_DRAFTS)/REPORT.json ## phase C's drafts for dev
 $(C_DRAFTS)/REPORT.json: $(DPO)/adapter_model.safetensors
-	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME) --out-root $(DRAFTS_ROOT) --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME) --out-root $(DRAFTS_ROOT) --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_GEN)
 
 SG := $(DPO)_sg
 SG_LAST := $(SG)/round_$(SG_ROUNDS)
@@ -196,14 +201,14 @@ $(SG_LAST)/ROUND.json: $(DPO)/adapter_model.safetensors
 	  $(foreach p,$(PROFILES_$(PROFILE)) $(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p))
 sg-eval: $(RESULTS)/evals/SG.strategyqa_draft.json ## the SG model's own dev drafts, its accuracy with and without them
 $(RESULTS)/evals/SG.strategyqa_draft.json: $(SG_LAST)/ROUND.json
-	$(ASKDRAFT) drafts --base $(SG_LAST)/start --adapter $(SG_LAST) --name $(DPO_NAME)_sg --out-root $(DRAFTS_ROOT) --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+	$(ASKDRAFT) drafts --base $(SG_LAST)/start --adapter $(SG_LAST) --name $(DPO_NAME)_sg --out-root $(DRAFTS_ROOT) --splits dev --batch-size $(DRAFT_BATCH) $(DRAFT_GEN)
 	$(EVAL) --stage SG --base $(SG_LAST)/start --adapter $(SG_LAST) --drafts $(SG_DRAFTS)/dev.jsonl \
 	  --tasks strategyqa_draft,strategyqa_nodraft,strategyqa_draft_noconclusion
 
 # phase C chosen honestly: a candidate's accuracy on the validation split (askdraft data --val-frac), never dev
 val-c: results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json ## phase C's accuracy on the validation split (make kfold's choice)
 results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json: $(DPO)/adapter_model.safetensors
-	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME)_val --out-root $(DRAFTS_ROOT) --splits val --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT)
+	$(ASKDRAFT) drafts --base $(MERGED) --adapter $(DPO) --name $(DPO_NAME)_val --out-root $(DRAFTS_ROOT) --splits val --batch-size $(DRAFT_BATCH) $(DRAFT_GEN)
 	$(EVAL) --results results/val \
 	  --stage C --base $(MERGED) --adapter $(DPO) --dev data/strategyqa_val.jsonl \
 	  --drafts $(call drafts_of,$(DPO_NAME)_val)/val.jsonl --tasks strategyqa_draft,strategyqa_nodraft
@@ -298,10 +303,13 @@ bench: data/sft/REPORT.json | $(SETUP) ## the recipes through axolotl train at t
 SPEED_GPUS ?= 0,1
 ## GEN_BATCHES: batch sizes of speed-study's 7B inference bench (drafts and scoring)
 GEN_BATCHES ?= 8,16,24,32
+## GEN_CONTINUOUS: drafts per call of its continuous-batching rows (a 4096-token KV cache: 2 GiB at the 7B shape)
+GEN_CONTINUOUS ?= 256,1024
 speed-study: data/sft/REPORT.json | $(SETUP) ## every speed figure: multi-gpu-bench (two ids), bench plain vs tuned vs each switch, the 7B inference bench
 	mkdir -p runs; set -- $(subst $(comma), ,$(SPEED_GPUS)); \
 	gen() { CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench_generation --model runs/models/llama2-7b-shape --load-in-4bit \
-	  --batch-sizes $(GEN_BATCHES) --out results/bench_generation.json || echo "speed-study: bench_generation failed"; }; \
+	  --batch-sizes $(GEN_BATCHES) --continuous $(GEN_CONTINUOUS) --cache-tokens 4096 \
+	  --out results/bench_generation.json || echo "speed-study: bench_generation failed"; }; \
 	if [ $$# -eq 1 ]; then \
 	  CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench --ablate > runs/bench.log 2>&1 || echo "speed-study: bench failed (runs/bench.log)"; \
 	  gen $$1; \

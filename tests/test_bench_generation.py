@@ -1,7 +1,8 @@
 """The inference bench (tools/askdraft/bench_generation.py) on a tiny Llama on CPU."""
 import json
+import sys
 
-from askdraft import bench_generation, drafts, templates
+from askdraft import REPO_ROOT, bench_generation, drafts, templates
 
 
 def test_prompts_are_real_questions_with_teacher_drafts():
@@ -13,11 +14,20 @@ def test_prompts_are_real_questions_with_teacher_drafts():
 
 def test_tiny_llama_cpu(tiny_llama_dir, tmp_path, one_thread):
     out = tmp_path / "gen.json"
-    assert bench_generation.main(["--model", str(tiny_llama_dir), "--batch-sizes", "2,3",
-                                  "--new-tokens", "5", "--batches", "2", "--out", str(out)]) == 0
+    assert bench_generation.main(["--model", str(tiny_llama_dir), "--batch-sizes", "2,3", "--continuous", "4",
+                                  "--cache-tokens", "128", "--new-tokens", "5", "--batches", "2", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["commit"] and report["schema"] == 1
-    assert [r["batch_size"] for r in report["rows"]] == [2, 3]
+    assert [(r["engine"], r["batch_size"]) for r in report["rows"]] == [("generate", 2), ("generate", 3), ("continuous", 4)]
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    import doc_tables  # tools/doc_tables.py: results/performance.md's table from such a file
+    table = doc_tables.generation_table(out).splitlines()
+    assert [line.split(" | ")[:2] for line in table[-3:]] == [["| generate", "2"], ["| generate", "3"],
+                                                               ["| continuous (128-token cache)", "4"]]
+    cont = report["rows"].pop()
+    assert cont["new_tokens_per_batch"] == [4 * 5, 4 * 5]  # EOS off: every draft runs its 5 tokens
+    assert cont["cache_tokens"] == 128 and cont["generate_peak_reserved_gib"] is None
+    assert cont["new_tokens_per_s"] == round(20 / cont["generate_s_median"], 1)
     for r in report["rows"]:
         assert len(r["generate_s_per_batch"]) == 2 and len(r["score_s_per_batch"]) == 2
         median = sum(r["generate_s_per_batch"]) / 2  # the median of two

@@ -201,3 +201,24 @@ def test_build_dpo_pairs_script_exit_codes(files, tmp_path):
     bad = subprocess.run(cmd, capture_output=True, text=True)
     assert bad.returncode == 2 and f"{d}:6: question not found" in bad.stderr
     assert not out.exists()
+
+
+def test_continuous_batching_writes_generates_drafts(tiny_llama_dir, tmp_path, one_thread):
+    """--engine continuous (transformers' generate_batch, paged KV cache, no stop strings): the
+    same greedy drafts as padded model.generate, and the engine is recorded in REPORT.json."""
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "strategyqa_dev.jsonl", split_rows(5, offset=200))
+    files = {}
+    for engine in drafts.ENGINES:
+        drafts.run(tiny_llama_dir, engine, splits=["dev"], data=data, out_root=tmp_path / "drafts", batch_size=3,
+                   max_new_tokens=6, engine=engine, cache_tokens=256 if engine == "continuous" else None)
+        files[engine] = (tmp_path / "drafts" / engine / "dev.jsonl").read_text()
+        assert json.loads((tmp_path / "drafts" / engine / "REPORT.json").read_text())["generation"]["engine"] == engine
+    assert files["continuous"] == files["generate"] and len(files["generate"].splitlines()) == 5
+
+    model, tok = drafts.load_model(tiny_llama_dir, device="cpu")
+    counts = []
+    texts = drafts.generate_continuous(model, tok, ["Is water wet?", "Can a dog fly?"], max_new_tokens=4,
+                                       cache_tokens=64, token_counts=counts)
+    assert len(texts) == 2 and len(counts) == 2 and all(1 <= n <= 4 for n in counts)

@@ -1,8 +1,8 @@
 """Speed and memory of the two inference stages on any model dir: drafts (batched generation,
 `askdraft drafts`' own `generate`) and eval scoring (a forward pass over the answer prompts).
 
-    python -m askdraft.bench_generation --model DIR [--load-in-4bit] [--batch-sizes 16,32]
-        [--new-tokens 128] [--batches 3] --out results/bench_generation.json
+    python -m askdraft.bench_generation --model DIR [--load-in-4bit] [--batch-sizes 8,16,24,32]
+        [--continuous 256,1024 --cache-tokens 8192] [--new-tokens 128] [--batches 3] --out FILE
 
 Prompts are StrategyQA's real questions (data/strategyqa/decompositions.jsonl); the scoring rows
 are "Question: ...\\nDraft: <teacher draft>\\nFinal answer:", the longest prompts eval scores.
@@ -11,6 +11,9 @@ of a draft, and the only honest one for a model with random weights, which never
 stop string. One warm-up batch per batch size, then --batches timed batches (GPU-synchronised).
 A row's `drafts_s_estimate` is the measured median seconds a batch times the batches that
 `askdraft drafts` needs for train + dev (2289 questions): an estimate from measured batches.
+--continuous adds rows of `askdraft drafts --engine continuous` (transformers' continuous batching
+with a paged KV cache of --cache-tokens tokens, which bounds its memory), EOS off for the same
+worst case.
 """
 import argparse
 import datetime
@@ -20,7 +23,7 @@ import time
 from pathlib import Path
 
 from askdraft import REPO_ROOT, git_commit, models, templates
-from askdraft.drafts import generate
+from askdraft.drafts import generate, generate_continuous
 from askdraft.io import positive_int, write_json
 
 QUESTIONS = REPO_ROOT / "data" / "strategyqa" / "decompositions.jsonl"
@@ -80,7 +83,7 @@ def bench(model, tok, batch_sizes, new_tokens, batches, progress=True):
         prompt_tokens = statistics.mean(len(tok(q)["input_ids"]) for q in questions)
         med = statistics.median(gen_s[1:])
         rows.append(dict(
-            batch_size=bs, new_tokens=new_tokens, timed_batches=batches,
+            engine="generate", batch_size=bs, new_tokens=new_tokens, timed_batches=batches,
             draft_prompt_tokens_mean=round(prompt_tokens, 1),
             generate_s_per_batch=gen_s[1:], generate_s_median=med,
             new_tokens_per_s=round(bs * new_tokens / med, 1),
@@ -92,6 +95,38 @@ def bench(model, tok, batch_sizes, new_tokens, batches, progress=True):
     return rows
 
 
+def bench_continuous(model, tok, batch_sizes, new_tokens, batches, cache_tokens, progress=True):
+    """Rows of `askdraft drafts --engine continuous`: each batch of questions goes to
+    model.generate_batch at once (a paged KV cache of cache_tokens tokens), no EOS, so every draft
+    runs new_tokens; tokens/s counts the tokens it returned."""
+    import torch
+    from tqdm import tqdm
+
+    cuda = model.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    rows = []
+    for bs in tqdm(batch_sizes, desc="continuous batching", disable=not progress):
+        questions = [q for q, _ in prompts(bs * (batches + 1))]
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        gen_s, new = [], []
+        for b in range(batches + 1):  # batch 0 warms up (and captures CUDA graphs)
+            counts = []
+            s, _ = timed(lambda: generate_continuous(model, tok, questions[b * bs:(b + 1) * bs], max_new_tokens=new_tokens,
+                                                     cache_tokens=cache_tokens, token_counts=counts, eos_token_id=None), sync)
+            gen_s.append(round(s, 4))
+            new.append(sum(counts))
+        med = statistics.median(gen_s[1:])
+        rows.append(dict(
+            engine="continuous", batch_size=bs, cache_tokens=cache_tokens, new_tokens=new_tokens, timed_batches=batches,
+            generate_s_per_batch=gen_s[1:], generate_s_median=med, new_tokens_per_batch=new[1:],
+            new_tokens_per_s=round(statistics.median(new[1:]) / med, 1),
+            drafts_s_estimate=round(med * -(-DRAFT_QUESTIONS // bs), 1),
+            generate_peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None))
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="model dir (config.json + weights + tokenizer)")
@@ -99,6 +134,10 @@ def main(argv=None):
     ap.add_argument("--batch-sizes", default="8,16,24,32", help="comma-separated generation/scoring batch sizes")
     ap.add_argument("--new-tokens", type=positive_int, default=128)
     ap.add_argument("--batches", type=positive_int, default=3, help="timed batches per size (after one warm-up)")
+    ap.add_argument("--continuous", default="",
+                    help="also `askdraft drafts --engine continuous` rows: comma-separated requests per call")
+    ap.add_argument("--cache-tokens", type=positive_int, default=8192,
+                    help="the continuous rows' KV cache in tokens (0.5 MiB a token at the 7B shape in bf16)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     import torch
@@ -108,6 +147,9 @@ def main(argv=None):
     model, tok = models.load_model(args.model, load_in_4bit=args.load_in_4bit)
     tok.padding_side = "left"
     rows = bench(model, tok, sizes, args.new_tokens, args.batches)
+    if args.continuous:
+        rows += bench_continuous(model, tok, [int(x) for x in args.continuous.split(",")], args.new_tokens,
+                                 args.batches, args.cache_tokens)
     cfg = model.config
     write_json(args.out, dict(
         schema=1, kind="inference", command=" ".join(["python -m askdraft.bench_generation", *(argv or [])]),
@@ -118,9 +160,9 @@ def main(argv=None):
         versions=dict(torch=torch.__version__, transformers=transformers.__version__),
         rows=rows))
     for r in rows:
-        print(f"batch {r['batch_size']}: {r['new_tokens_per_s']} new tok/s, {r['generate_s_median']} s a batch, "
-              f"drafts ~{r['drafts_s_estimate']} s, scoring {r['score_rows_per_s']} rows/s, "
-              f"peak reserved {r['generate_peak_reserved_gib']} GiB generating, {r['score_peak_reserved_gib']} GiB scoring")
+        print(f"{r['engine']} batch {r['batch_size']}: {r['new_tokens_per_s']} new tok/s, {r['generate_s_median']} s a batch, "
+              f"drafts ~{r['drafts_s_estimate']} s, peak reserved {r['generate_peak_reserved_gib']} GiB generating"
+              + (f"; scoring {r['score_rows_per_s']} rows/s, {r['score_peak_reserved_gib']} GiB" if "score_rows_per_s" in r else ""))
     return 0
 
 

@@ -5,7 +5,9 @@ continues it (batched, left-padded, greedy unless --temperature > 0) and stops a
 "\\nFinal answer:" or EOS; the draft is the text before that, stripped. Output rows
 {question, draft, tentative, answer} go to <out-root>/<name>/<split>.jsonl, with tentative
 "yes" / "no" / "unparsed" and answer the gold teacher_final. An empty draft is kept as ""
-(tentative "unparsed") and counted.
+(tentative "unparsed") and counted. --engine continuous generates through transformers'
+continuous batching instead (a paged KV cache of --cache-tokens tokens, no padding): the same
+greedy drafts, cut at the stop string after generation.
 
 Resumable: each finished batch is appended (and flushed) to <split>.jsonl.partial; a restart
 keeps those rows and generates only the rest; the final file is renamed into place at the end,
@@ -29,9 +31,16 @@ def load_model(base, adapter=None, device=None, load_in_4bit=False):
     return model, tok
 
 
-def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.0, **generate_kwargs):
+def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.0, engine="generate",
+             cache_tokens=None, **generate_kwargs):
     """Drafts for a batch of questions (the text before "\\nFinal answer:", stripped).
-    generate_kwargs go to model.generate (the speed bench sets min_new_tokens)."""
+    engine "generate": model.generate on the left-padded batch; "continuous": generate_continuous.
+    generate_kwargs go to the generation config (the speed bench sets min_new_tokens)."""
+    if engine == "continuous":
+        return generate_continuous(model, tok, questions, max_new_tokens, temperature, top_p, cache_tokens,
+                                   **generate_kwargs)
+    if engine != "generate":
+        raise InputError("--engine", None, f"unknown engine {engine!r}; choose from {ENGINES}")
     import torch
 
     enc = tok([templates.draft_prompt(q) for q in questions], return_tensors="pt", padding=True)
@@ -43,6 +52,41 @@ def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.
                              top_k=None, stop_strings=[templates.DRAFT_STOP], tokenizer=tok,
                              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **generate_kwargs)
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [t.split(templates.DRAFT_STOP)[0].strip() for t in texts]
+
+
+ENGINES = ("generate", "continuous")
+CACHE_BLOCK = 32  # tokens a block of the paged KV cache
+MAX_BATCH_TOKENS = 1024  # tokens a forward of continuous batching (prefill chunks + one a running draft)
+
+
+def generate_continuous(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.0, cache_tokens=None,
+                        token_counts=None, **generate_kwargs):
+    """Drafts through transformers' continuous batching (model.generate_batch): a paged KV cache
+    (cache_tokens tokens; default: transformers sizes it from free GPU memory), requests scheduled as
+    cache blocks free up, no padding. It has no stop strings: a draft runs to EOS or
+    max_new_tokens and is cut at the stop string afterwards, so greedy drafts are generate's.
+    token_counts: a list that gets each request's count of new tokens."""
+    from transformers import GenerationConfig
+    from transformers.generation import ContinuousBatchingConfig
+
+    sample = temperature > 0
+    config = GenerationConfig(**{"max_new_tokens": max_new_tokens, "do_sample": sample, "top_k": None,
+                                 "temperature": temperature if sample else None, "top_p": top_p if sample else None,
+                                 "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **generate_kwargs})
+    cb = None
+    if cache_tokens:  # both sizes given: else transformers sizes the other from free memory (all of a CPU's RAM)
+        cb = ContinuousBatchingConfig(block_size=CACHE_BLOCK, num_blocks=-(-cache_tokens // CACHE_BLOCK),
+                                      max_batch_tokens=min(cache_tokens, MAX_BATCH_TOKENS))
+    prompts = [tok(templates.draft_prompt(q))["input_ids"] for q in questions]
+    out = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=cb,
+                               progress_bar=False, warmup=model.device.type == "cuda")
+    if len(out) != len(prompts):  # generate_batch logs a failed request instead of raising
+        raise RuntimeError(f"continuous batching returned {len(out)} of {len(prompts)} drafts (see the log above)")
+    tokens = [r.generated_tokens for r in out.values()]
+    if token_counts is not None:
+        token_counts.extend(len(t) for t in tokens)
+    texts = tok.batch_decode(tokens, skip_special_tokens=True)
     return [t.split(templates.DRAFT_STOP)[0].strip() for t in texts]
 
 
@@ -145,7 +189,7 @@ def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root
 def cmd(args):
     run(args.base, args.name, args.adapter, args.splits.split(","), args.data, args.out_root,
         args.batch_size, args.limit, args.device, args.load_in_4bit, args.seed, max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p)
+        temperature=args.temperature, top_p=args.top_p, engine=args.engine, cache_tokens=args.cache_tokens)
 
 
 def add_cli(sub):
@@ -161,6 +205,10 @@ def add_cli(sub):
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="for sampling")
+    p.add_argument("--engine", choices=ENGINES, default="generate",
+                   help="generate: padded batches; continuous: transformers' continuous batching (paged KV cache)")
+    p.add_argument("--cache-tokens", type=positive_int,
+                   help="continuous: KV cache size in tokens (bounds memory; default: sized from free memory)")
     p.add_argument("--limit", type=positive_int, help="first N questions of each split")
     p.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")
     p.add_argument("--load-in-4bit", action="store_true", help="NF4 base (bitsandbytes, GPU)")
