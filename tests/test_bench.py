@@ -190,6 +190,20 @@ def test_profiles_compose(tmp_path):
     shutil.rmtree(tmp_path)
 
 
+def test_pipeline_estimate_spans_runs():
+    """A later run of phase C alone: the estimate still covers A and B, each with its own run's data."""
+    def row(phase, run, s):
+        return {"phase": phase, "config": "tuned", "device": "gpu", "model": {"name": "m"}, "run_id": run, "step_s": {"median": s}}
+    doc = {"runs": {"r1": {"data": {"A": {"rows": 64}, "B": {"rows": 96}, "C": {"rows": 10}}}, "r2": {"data": {"C": {"rows": 65}}}},
+           "rows": [row("A", "r1", 1.0), row("B", "r1", 2.0), row("C", "r2", 3.0), {**row("C", "r2", 9.0), "device": "other"}]}
+    est = bench.pipeline_estimate(doc, "gpu", "m")
+    epochs = {ph: yaml.safe_load((bench.REPO_ROOT / bench.RECIPES[ph]).read_text())["num_epochs"] for ph in "ABC"}
+    steps = {"A": 2 * epochs["A"], "B": 3 * epochs["B"], "C": 3 * epochs["C"]}  # ceil(rows / 32) x epochs
+    assert {ph: v["optimizer_steps"] for ph, v in est["tuned"]["stages"].items()} == steps
+    assert est["tuned"]["training_s"] == pytest.approx(steps["A"] * 1.0 + steps["B"] * 2.0 + steps["C"] * 3.0)
+    assert "plain" not in est
+
+
 def test_step_meter_counts_a_step():
     import torch
 

@@ -23,6 +23,8 @@ import sys
 import typing
 from pathlib import Path
 
+from askdraft.bench import pipeline_estimate
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
 PLUGIN_ARGS = REPO / "plugins/askdraft_dpo/args.py"
@@ -205,24 +207,6 @@ def switch_text(sw):
     return ", ".join(parts)
 
 
-def training_estimate(rows, runs):
-    """{config: {"stages": {phase: s}, "training_s": s}}: median step s x the recipe's optimizer steps
-    (rows of the data the row trained on / 32 x num_epochs), over every row of one device and model."""
-    import yaml
-    from askdraft.bench import RECIPES, ROWS_PER_STEP
-    out = {}
-    for config in ("plain", "tuned"):
-        stages = {}
-        for r in sorted(rows, key=lambda r: r["phase"]):
-            if r["config"] == config and "error" not in r:
-                epochs = yaml.safe_load((REPO / RECIPES[r["phase"]]).read_text(encoding="utf-8"))["num_epochs"]
-                steps = -(-runs[r["run_id"]]["data"][r["phase"]]["rows"] // ROWS_PER_STEP) * epochs
-                stages[r["phase"]] = steps * r["step_s"]["median"]
-        if stages:
-            out[config] = {"stages": stages, "training_s": sum(stages.values())}
-    return out
-
-
 def performance_table(path=BENCH):
     """results/performance.md: one table per device and model from bench.json (schema 2)."""
     if not path.is_file():
@@ -249,9 +233,12 @@ def performance_table(path=BENCH):
             out.append(f"| {r['phase']} | {r['config']} | {switch_text(r['switches'])} | {r['step_s']['median']:.3f} "
                        f"({r['step_s']['p90']:.3f}) | {r['useful_tokens_per_s']:.0f} | {gain} "
                        f"| {100 * r['padding_fraction']:.0f} % | {mem} | {pct(r['mfu'])} | {r['final_loss']:.3f} |")
-        est = training_estimate(rows, doc["runs"])
-        totals = [f"{c} {est[c]['training_s'] / 60:.1f} min ({', '.join(f'{ph} {v:.0f} s' for ph, v in est[c]['stages'].items())})"
-                  for c in ("plain", "tuned") if c in est]
+        est = pipeline_estimate(doc, device, model)
+        totals = []
+        for c in ("plain", "tuned"):
+            if c in est:
+                stages = ", ".join(f"{ph} {v['s']:.0f} s" for ph, v in est[c]["stages"].items())
+                totals.append(f"{c} {est[c]['training_s'] / 60:.1f} min ({stages})")
         if totals:
             out += ["", f"Training stages of the pipeline, **estimated** from these median step times x the "
                         f"recipes' optimizer steps (no model loads, drafts or eval): {'; '.join(totals)}."]
@@ -304,7 +291,8 @@ def generation_table(path=GENERATION, limit_gib=7.0):
         return "\n".join(out)
     best = min(fits, key=lambda r: r["drafts_s_estimate"])
     bench = json.loads(BENCH.read_text(encoding="utf-8"))
-    tuned = training_estimate([r for r in bench["rows"] if r["device"] == doc["device"]], bench["runs"]).get("tuned")
+    model = next((r["model"]["name"] for r in bench["rows"] if r["device"] == doc["device"]), None)
+    tuned = pipeline_estimate(bench, doc["device"], model).get("tuned")
     dev_drafts = best["drafts_s_estimate"] * 289 / 2289  # after C: the dev split only
     if tuned and set(tuned["stages"]) == {"A", "B", "C"}:
         total = tuned["training_s"] + best["drafts_s_estimate"] + dev_drafts

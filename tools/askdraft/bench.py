@@ -271,15 +271,17 @@ def merge(path, run_id, run_block, new_rows):
     return {"schema": SCHEMA, "runs": {k: v for k, v in runs.items() if k in used}, "rows": rows}
 
 
-def pipeline_estimate(rows, data_rows, epochs):
-    """Seconds of each training stage = median step s x optimizer steps of the recipe
-    (rows x epochs / 32), for plain and tuned. Drafts and eval are not measured here."""
+def pipeline_estimate(doc, device, model_name):
+    """Seconds of each training stage = median step s x the recipe's optimizer steps (rows of the
+    data the row trained on / 32 x num_epochs), for plain and tuned, over every row of bench.json
+    `doc` for this device and model, whichever run made it. Drafts and eval are not measured here."""
     out = {}
     for config in ("plain", "tuned"):
         stages = {}
-        for r in rows:
-            if r["config"] == config and "error" not in r:
-                steps = math.ceil(data_rows[r["phase"]] / ROWS_PER_STEP) * epochs[r["phase"]]
+        for r in sorted(doc["rows"], key=lambda r: r["phase"]):
+            if (r.get("device"), r["model"]["name"], r["config"]) == (device, model_name, config) and "error" not in r:
+                epochs = yaml.safe_load((REPO_ROOT / RECIPES[r["phase"]]).read_text(encoding="utf-8"))["num_epochs"]
+                steps = math.ceil(doc["runs"][r["run_id"]]["data"][r["phase"]]["rows"] / ROWS_PER_STEP) * epochs
                 stages[r["phase"]] = {"optimizer_steps": steps, "s": round(steps * r["step_s"]["median"], 1)}
         if stages:
             out[config] = {"stages": stages, "training_s": round(sum(s["s"] for s in stages.values()), 1)}
@@ -386,7 +388,6 @@ def main(argv=None):
     for phase, config in plan(phases, a.ablate, [c.strip() for c in a.configs.split(",")]):
         print(f"bench: {phase} {config}", file=sys.stderr, flush=True)
         rows.append(measure(phase, config, ctx))
-    epochs = {ph: yaml.safe_load((REPO_ROOT / RECIPES[ph]).read_text())["num_epochs"] for ph in phases}
     run_block = {"command": "python -m askdraft.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
                  "versions": versions(), "device": ctx["device"], "model": name,
                  "data": {ph: {"path": _rel(source[ph]), "trained_from": _rel(data[ph]), "rows": len(tokens[ph]) // (2 if ph == "C" else 1),
@@ -396,10 +397,7 @@ def main(argv=None):
     with open(f"{a.out}.lock", "w") as lock:  # another bench process (another GPU) may share --out
         fcntl.flock(lock, fcntl.LOCK_EX)
         doc = merge(a.out, ctx["run_id"], run_block, rows)
-        same = [r for r in doc["rows"] if r.get("device") == ctx["device"] and r["model"]["name"] == name
-                and r["phase"] in phases]
-        run_block["pipeline"] = pipeline_estimate(  # this device and model's rows, this run's or not
-            same, {ph: len(tokens[ph]) // (2 if ph == "C" else 1) for ph in phases}, epochs)
+        run_block["pipeline"] = pipeline_estimate(doc, ctx["device"], name)  # run_block is doc's, rows of every run
         write_json(a.out, doc)
     png = a.png or str(Path(a.out).with_suffix(".png"))
     plot([r for r in doc["rows"] if r.get("device") == ctx["device"] and r["model"]["name"] == name], png)
