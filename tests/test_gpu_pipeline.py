@@ -48,6 +48,12 @@ def test_start_wait_collect(tmp_path):
     assert (tmp_path / "out" / "pipeline.log").exists()
     gpu_pipeline(checkout, work, "collect", str(tmp_path / "out"), "C_VARIANT=v", RUN="v")
     assert (tmp_path / "out" / "m-v.tgz").exists() and (tmp_path / "out" / "v.log").exists()
+    (work / "results" / "bench.json").write_text('{"schema": 2}')  # what make bench / speed-study leave
+    (work / "runs").mkdir(exist_ok=True)
+    (work / "runs" / "bench_plain.log").write_text("bench: A plain\n")
+    gpu_pipeline(checkout, work, "collect", str(tmp_path / "bench"))
+    assert (tmp_path / "bench" / "bench.json").read_text() == '{"schema": 2}'
+    assert (tmp_path / "bench" / "bench_plain.log").exists() and not (tmp_path / "bench" / "bench.png").exists()
 
     assert "started" in gpu_pipeline(checkout, work, "start", "FAIL=1").stdout
     failed = gpu_pipeline(checkout, work, "wait", "30")

@@ -24,7 +24,7 @@
 set -euo pipefail
 WORK=${WORK:-/tmp/askdraft-run}
 RUN=${RUN:-pipeline}
-TARGET=${TARGET:-pipeline}  # or kfold (MODEL_NAME then names its pooled results folder), or multi-gpu-bench
+TARGET=${TARGET:-pipeline}  # or kfold (MODEL_NAME then names its pooled results folder), multi-gpu-bench, bench, speed-study
 export ASKDRAFT_CACHE=${ASKDRAFT_CACHE:-/tmp/askdraft-cache}
 GGUF=$ASKDRAFT_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf
 cmd=${1:?usage: gpu_pipeline.sh start|wait|collect|gguf ...}; shift
@@ -63,6 +63,9 @@ collect)  # one archive: the lent host's fetch leaves out folders nested deeper 
   mkdir -p "${1:?dir}"
   if [ -d "$WORK/results/$MODEL_NAME" ]; then tar -czf "$1/$MODEL_NAME.tgz" -C "$WORK/results" "$MODEL_NAME"; fi
   cp "$LOG" "$1"/
+  # make bench / speed-study (TARGET=bench or speed-study): the bench files and their logs, as far as they got
+  (cd "$WORK" && for f in results/bench.json results/bench.png results/bench_generation.json results/performance.md runs/bench*.log; do
+     [ -f "$f" ] && cp "$f" "$1"/; done; true)
   # make multi-gpu-bench (TARGET=multi-gpu-bench): its JSON/PNG results and per-mode logs and recipes
   if [ -d "$WORK/results/multi_gpu" ]; then
     tar -czf "$1/multi_gpu.tgz" -C "$WORK" results/multi_gpu $(cd "$WORK" && ls -d runs/multi_gpu/*/*.log runs/multi_gpu/*/*.yaml 2>/dev/null)
