@@ -215,6 +215,7 @@ def test_continuous_batching_writes_generates_drafts(tiny_llama_dir, tmp_path, o
                    max_new_tokens=6, engine=engine, cache_tokens=256 if engine == "continuous" else None)
         files[engine] = (tmp_path / "drafts" / engine / "dev.jsonl").read_text()
         assert json.loads((tmp_path / "drafts" / engine / "REPORT.json").read_text())["generation"]["engine"] == engine
+    # 5 drafts in calls of 3 and 2: the second call reuses the first one's manager
     assert files["continuous"] == files["generate"] and len(files["generate"].splitlines()) == 5
 
     model, tok = drafts.load_model(tiny_llama_dir, device="cpu")
@@ -222,3 +223,7 @@ def test_continuous_batching_writes_generates_drafts(tiny_llama_dir, tmp_path, o
     texts = drafts.generate_continuous(model, tok, ["Is water wet?", "Can a dog fly?"], max_new_tokens=4,
                                        cache_tokens=64, token_counts=counts)
     assert len(texts) == 2 and len(counts) == 2 and all(1 <= n <= 4 for n in counts)
+    assert model._cached_continuous_batching_manager is not None  # kept for the next call
+    drafts.release_continuous(model)
+    assert getattr(model, "_cached_continuous_batching_manager", None) is None
+    drafts.release_continuous(model)  # nothing left: a no-op

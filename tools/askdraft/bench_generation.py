@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from askdraft import REPO_ROOT, git_commit, models, templates
-from askdraft.drafts import generate, generate_continuous
+from askdraft.drafts import generate, generate_continuous, release_continuous
 from askdraft.io import positive_int, write_json
 
 QUESTIONS = REPO_ROOT / "data" / "strategyqa" / "decompositions.jsonl"
@@ -111,12 +111,13 @@ def bench_continuous(model, tok, batch_sizes, new_tokens, batches, cache_tokens,
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         gen_s, new = [], []
-        for b in range(batches + 1):  # batch 0 warms up (and captures CUDA graphs)
+        for b in range(batches + 1):  # batch 0 warms up (captures CUDA graphs); the rest reuse its manager
             counts = []
             s, _ = timed(lambda: generate_continuous(model, tok, questions[b * bs:(b + 1) * bs], max_new_tokens=new_tokens,
                                                      cache_tokens=cache_tokens, token_counts=counts, eos_token_id=None), sync)
             gen_s.append(round(s, 4))
             new.append(sum(counts))
+        release_continuous(model)  # the next size gets a manager of its own
         med = statistics.median(gen_s[1:])
         rows.append(dict(
             engine="continuous", batch_size=bs, cache_tokens=cache_tokens, new_tokens=new_tokens, timed_batches=batches,

@@ -66,6 +66,8 @@ def generate_continuous(model, tok, questions, max_new_tokens=96, temperature=0.
     (cache_tokens tokens; default: transformers sizes it from free GPU memory), requests scheduled as
     cache blocks free up, no padding. It has no stop strings: a draft runs to EOS or
     max_new_tokens and is cut at the stop string afterwards, so greedy drafts are generate's.
+    The manager (its cache, and on a GPU its CUDA graphs, ~30 s to capture) stays on the model for
+    the next call with the same settings: release_continuous(model) frees it.
     token_counts: a list that gets each request's count of new tokens."""
     from transformers import GenerationConfig
     from transformers.generation import ContinuousBatchingConfig
@@ -80,7 +82,7 @@ def generate_continuous(model, tok, questions, max_new_tokens=96, temperature=0.
                                       max_batch_tokens=min(cache_tokens, MAX_BATCH_TOKENS))
     prompts = [tok(templates.draft_prompt(q))["input_ids"] for q in questions]
     out = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=cb,
-                               progress_bar=False, warmup=model.device.type == "cuda")
+                               progress_bar=False, warmup=model.device.type == "cuda", persistent_manager=True)
     if len(out) != len(prompts):  # generate_batch logs a failed request instead of raising
         raise RuntimeError(f"continuous batching returned {len(out)} of {len(prompts)} drafts (see the log above)")
     tokens = [r.generated_tokens for r in out.values()]
@@ -88,6 +90,12 @@ def generate_continuous(model, tok, questions, max_new_tokens=96, temperature=0.
         token_counts.extend(len(t) for t in tokens)
     texts = tok.batch_decode(tokens, skip_special_tokens=True)
     return [t.split(templates.DRAFT_STOP)[0].strip() for t in texts]
+
+
+def release_continuous(model):
+    """Free the continuous-batching manager generate_continuous left on the model (if any)."""
+    if getattr(model, "_cached_continuous_batching_manager", None) is not None:
+        model.destroy_cached_continuous_batching_manager()
 
 
 def draft_row(question, draft, answer):
@@ -133,14 +141,17 @@ def draft_split(split_file, out, model_fn, batch_size=16, limit=None, **gen):
         model, tok = model_fn()
         with open(partial, "a", encoding="utf-8") as f:
             bar = tqdm(total=len(gold), initial=len(gold) - len(todo), desc=f"drafts {out.name}", unit="q")
-            for i in range(0, len(todo), batch_size):
-                batch = todo[i:i + batch_size]
-                for q, d in zip(batch, generate(model, tok, batch, **gen)):
-                    done[q] = draft_row(q, d, gold[q])
-                    f.write(dumps(done[q]) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-                bar.update(len(batch))
+            try:
+                for i in range(0, len(todo), batch_size):
+                    batch = todo[i:i + batch_size]
+                    for q, d in zip(batch, generate(model, tok, batch, **gen)):
+                        done[q] = draft_row(q, d, gold[q])
+                        f.write(dumps(done[q]) + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                    bar.update(len(batch))
+            finally:
+                release_continuous(model)
             bar.close()
     final = [done[q] for q in gold]
     write_jsonl(out, final)
