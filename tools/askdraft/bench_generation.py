@@ -50,6 +50,13 @@ def timed(fn, sync):
     return time.perf_counter() - start, result
 
 
+def reset_peak(cuda):
+    if cuda:
+        import torch
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def bench(model, tok, batch_sizes, new_tokens, batches, progress=True):
     import torch
     from tqdm import tqdm
@@ -60,18 +67,14 @@ def bench(model, tok, batch_sizes, new_tokens, batches, progress=True):
     for bs in tqdm(batch_sizes, desc="batch sizes", disable=not progress):
         data = prompts(bs * (batches + 1))
         questions = [q for q, _ in data]
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak(cuda)
         gen_s = []
         for b in range(batches + 1):  # batch 0 warms up
             qs = questions[b * bs:(b + 1) * bs]
             s, _ = timed(lambda: generate(model, tok, qs, max_new_tokens=new_tokens, min_new_tokens=new_tokens), sync)
             gen_s.append(round(s, 4))
         gen_peak = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
-        if cuda:  # scoring's peak on its own: it holds batch x length x vocab fp32 log-probs
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak(cuda)  # scoring's peak on its own: it holds batch x length x vocab fp32 log-probs
         tok.padding_side = "right"
         score_s = []
         for b in range(batches + 1):
@@ -107,9 +110,7 @@ def bench_continuous(model, tok, batch_sizes, new_tokens, batches, cache_tokens,
     rows = []
     for bs in tqdm(batch_sizes, desc="continuous batching", disable=not progress):
         questions = [q for q, _ in prompts(bs * (batches + 1))]
-        if cuda:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        reset_peak(cuda)
         gen_s, new = [], []
         for b in range(batches + 1):  # batch 0 warms up (captures CUDA graphs); the rest reuse its manager
             counts = []

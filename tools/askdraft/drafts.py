@@ -45,13 +45,22 @@ def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.
 
     enc = tok([templates.draft_prompt(q) for q in questions], return_tensors="pt", padding=True)
     enc = enc.to(model.device)
-    sample = temperature > 0
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample,
-                             temperature=temperature if sample else None, top_p=top_p if sample else None,
-                             top_k=None, stop_strings=[templates.DRAFT_STOP], tokenizer=tok,
-                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **generate_kwargs)
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        out = model.generate(**enc, **generation_settings(tok, max_new_tokens, temperature, top_p),
+                             stop_strings=[templates.DRAFT_STOP], tokenizer=tok, **generate_kwargs)
+    return cut_drafts(tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+
+
+def generation_settings(tok, max_new_tokens, temperature, top_p):
+    """What both engines generate with: greedy unless temperature > 0."""
+    sample = temperature > 0
+    return {"max_new_tokens": max_new_tokens, "do_sample": sample, "top_k": None,
+            "temperature": temperature if sample else None, "top_p": top_p if sample else None,
+            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+
+
+def cut_drafts(texts):
+    """Each generated text up to the stop string, stripped."""
     return [t.split(templates.DRAFT_STOP)[0].strip() for t in texts]
 
 
@@ -72,10 +81,7 @@ def generate_continuous(model, tok, questions, max_new_tokens=96, temperature=0.
     from transformers import GenerationConfig
     from transformers.generation import ContinuousBatchingConfig
 
-    sample = temperature > 0
-    config = GenerationConfig(**{"max_new_tokens": max_new_tokens, "do_sample": sample, "top_k": None,
-                                 "temperature": temperature if sample else None, "top_p": top_p if sample else None,
-                                 "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, **generate_kwargs})
+    config = GenerationConfig(**{**generation_settings(tok, max_new_tokens, temperature, top_p), **generate_kwargs})
     cb = None
     if cache_tokens:  # both sizes given: else transformers sizes the other from free memory (all of a CPU's RAM)
         cb = ContinuousBatchingConfig(block_size=CACHE_BLOCK, num_blocks=-(-cache_tokens // CACHE_BLOCK),
@@ -88,14 +94,12 @@ def generate_continuous(model, tok, questions, max_new_tokens=96, temperature=0.
     tokens = [r.generated_tokens for r in out.values()]
     if token_counts is not None:
         token_counts.extend(len(t) for t in tokens)
-    texts = tok.batch_decode(tokens, skip_special_tokens=True)
-    return [t.split(templates.DRAFT_STOP)[0].strip() for t in texts]
+    return cut_drafts(tok.batch_decode(tokens, skip_special_tokens=True))
 
 
 def release_continuous(model):
-    """Free the continuous-batching manager generate_continuous left on the model (if any)."""
-    if getattr(model, "_cached_continuous_batching_manager", None) is not None:
-        model.destroy_cached_continuous_batching_manager()
+    """Free the continuous-batching manager generate_continuous left on the model (none: a no-op)."""
+    model.destroy_cached_continuous_batching_manager()
 
 
 def draft_row(question, draft, answer):
