@@ -59,10 +59,23 @@ def test_plan():
     rows = bench.plan(["A", "B", "C"], ablate=True)
     assert rows[:6] == [(p, c) for c in ("plain", "tuned") for p in "ABC"]
     assert rows[6:12] == [("B", f"tuned-minus-{s}") for s in bench.ABLATIONS]
-    assert rows[12:] == [("C", "tuned-micro8"), ("C", "tuned-micro16")]
+    assert rows[12:] == [("B", "tuned-pack32"), ("C", "tuned-micro8"), ("C", "tuned-micro16")]
     assert bench.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned"), ("C", "tuned-micro8"), ("C", "tuned-micro16")]
     assert bench.plan(["C"], ablate=False) == [("C", "plain"), ("C", "tuned")]
     assert bench.plan(["B"], ablate=True, configs=["plain"]) == [("B", "plain")]
+    # one-switch rows by name, each on its own phase only
+    assert bench.plan(["B", "C"], ablate=False, configs=["tuned-micro8", "tuned-minus-liger", "tuned-compile"]) == [
+        ("C", "tuned-micro8"), ("B", "tuned-minus-liger"), ("B", "tuned-compile")]
+    assert bench.plan(["C"], ablate=False, configs=["tuned-pack32"]) == []
+    for bad in ("tuned-minus-warp", "tuned-microx", "fast", "tuned-compile2"):
+        with pytest.raises(ValueError, match="unknown row"):
+            bench.plan(["B"], ablate=False, configs=[bad])
+
+
+def test_unknown_row_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--phases", "B", "--configs", "tuned-minus-warp"])
+    assert e.value.code == 2 and "unknown row 'tuned-minus-warp'" in capsys.readouterr().err
 
 
 def test_c_micro_rows_keep_32_pairs_a_step(tmp_path):
@@ -75,6 +88,21 @@ def test_c_micro_rows_keep_32_pairs_a_step(tmp_path):
         assert {k: v for k, v in cfg.items() if k not in ("micro_batch_size", "gradient_accumulation_steps", "output_dir")} \
             == {k: v for k, v in tuned.items() if k not in ("micro_batch_size", "gradient_accumulation_steps", "output_dir")}
     assert tuned["micro_batch_size"] * tuned["gradient_accumulation_steps"] == 32
+
+
+def test_b_pack_and_compile_rows_change_only_their_switch(tmp_path):
+    ctx = {"profiles": ["cpu"], "model": tmp_path, "warmup": 1, "steps_of": lambda c: 2, "work": tmp_path,
+           "data": {"B": tmp_path / "b.jsonl"}, "mean_tokens": {"B": 111.0}, "cpu": False}
+    tuned = bench.row_config("B", "tuned", ctx)
+    pack = bench.row_config("B", "tuned-pack32", ctx)
+    # 32 rows of ~111 tokens in one pack: one micro-batch a step instead of two packs of 16
+    assert (pack["sequence_len"], pack["micro_batch_size"], pack["gradient_accumulation_steps"]) == (3584, 1, 1)
+    assert (tuned["micro_batch_size"], tuned["gradient_accumulation_steps"]) == (1, 2)
+    compiled = bench.row_config("B", "tuned-compile", ctx)
+    assert compiled.pop("torch_compile") is True and "torch_compile" not in tuned
+    drop = ("output_dir", "sequence_len", "gradient_accumulation_steps")
+    assert {k: v for k, v in compiled.items() if k != "output_dir"} == {k: v for k, v in tuned.items() if k != "output_dir"}
+    assert {k: v for k, v in pack.items() if k not in drop} == {k: v for k, v in tuned.items() if k not in drop}
 
 
 def test_a_row_raises_in_its_own_process(tmp_path):

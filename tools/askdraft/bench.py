@@ -59,6 +59,11 @@ KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
 # tuned minus one switch: the keys that turn it off (packing / big_micro depend on the data)
 ABLATIONS = ["liger", "lora_kernels", "fused_adamw", "sdpa", "packing", "big_micro"]
 C_MICRO = [8, 16]  # phase C has no packing: --ablate adds tuned rows at these micro-batches (32 pairs a step)
+B_PACKS = [32]     # --ablate adds phase B rows with this many rows a pack (one micro-batch a step)
+# one-switch rows and their phase (tuned-compile: tuned plus axolotl's torch_compile)
+ROW_PHASE = {"tuned-minus-": "B", "tuned-pack": "B", "tuned-micro": "C", "tuned-compile": "B"}
+ABLATE_ROWS = ([f"tuned-minus-{s}" for s in ABLATIONS] + [f"tuned-pack{n}" for n in B_PACKS]
+               + [f"tuned-micro{m}" for m in C_MICRO])
 ABLATION_OFF = {"liger": {k: False for k in LIGER_KEYS}, "lora_kernels": {k: False for k in KERNEL_KEYS},
                 "fused_adamw": {"optimizer": "adamw_torch"}, "sdpa": {"attn_implementation": "eager"}}
 
@@ -112,13 +117,27 @@ def step_stats(steps, warmup):
 
 # ---------------------------------------------------------------------------- recipes
 def plan(phases, ablate, configs=("plain", "tuned")):
-    """(phase, config) in run order. configs: which of plain / tuned (the ablations come with tuned)."""
+    """(phase, config) in run order. configs: plain, tuned and any one-switch row of ROW_PHASE's
+    kinds (tuned-minus-SWITCH, tuned-packN, tuned-microN, tuned-compile); --ablate adds ABLATE_ROWS."""
     rows = [(p, c) for c in ("plain", "tuned") if c in configs for p in phases]
-    if "tuned" in configs and ablate and "B" in phases:
-        rows += [("B", f"tuned-minus-{s}") for s in ABLATIONS]
-    if "tuned" in configs and ablate and "C" in phases:
-        rows += [("C", f"tuned-micro{m}") for m in C_MICRO]
+    extra = [c for c in configs if c not in ("plain", "tuned")]
+    if "tuned" in configs and ablate:
+        extra += [c for c in ABLATE_ROWS if c not in extra]
+    for config in extra:
+        phase = row_phase(config)
+        if phase in phases:
+            rows.append((phase, config))
     return rows
+
+
+def row_phase(config):
+    """The phase a one-switch row belongs to; ValueError for a name that is not one."""
+    for prefix, phase in ROW_PHASE.items():
+        rest = config.removeprefix(prefix)
+        if config.startswith(prefix) and (rest in ABLATIONS if prefix == "tuned-minus-" else
+                                          rest.isdigit() if prefix != "tuned-compile" else rest == ""):
+            return phase
+    raise ValueError(f"bench: unknown row {config!r}: plain, tuned, " + ", ".join(f"{k}..." for k in ROW_PHASE))
 
 
 def packing_keys(phase, mean_tokens, rows_per_pack, base_len):
@@ -152,9 +171,13 @@ def row_config(phase, config, ctx):
                     "gradient_accumulation_steps": ROWS_PER_STEP // ROWS_PER_PACK[phase]})
     elif switch == "big_micro":
         cfg.update(packing_keys(phase, ctx["mean_tokens"][phase], 4, base_len))
-    if config.startswith("tuned-micro"):
+    elif config.startswith("tuned-pack"):
+        cfg.update(packing_keys(phase, ctx["mean_tokens"][phase], int(config.removeprefix("tuned-pack")), base_len))
+    elif config.startswith("tuned-micro"):
         micro = int(config.removeprefix("tuned-micro"))
         cfg.update({"micro_batch_size": micro, "gradient_accumulation_steps": ROWS_PER_STEP // micro})
+    elif config == "tuned-compile":
+        cfg["torch_compile"] = True
     if ctx["cpu"]:
         cfg.update(cpu_keys(cfg))
     return cfg
@@ -333,8 +356,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--phases", default="A,B,C")
     p.add_argument("--configs", default="plain,tuned",
-                   help="plain, tuned or both (two processes on two GPUs may share one --out)")
-    p.add_argument("--ablate", action="store_true", help="phase B rows of tuned minus one switch each; phase C tuned rows at micro 8 and 16")
+                   help="plain, tuned and one-switch rows such as tuned-minus-liger, tuned-pack32, tuned-micro8, "
+                        "tuned-compile (two processes on two GPUs may share one --out)")
+    p.add_argument("--ablate", action="store_true", help="phase B rows of tuned minus one switch each and at 32 rows a pack; phase C tuned rows at micro 8 and 16")
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps of a plain / tuned row")
     p.add_argument("--ablate-steps", type=int, default=8, help="timed optimizer steps of an ablation row")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
@@ -345,6 +369,11 @@ def main(argv=None):
     p.add_argument("--out", default="results/bench.json")
     p.add_argument("--png", default=None, help="default: --out with .png")
     a = p.parse_args(argv)
+    phases = [x.strip().upper() for x in a.phases.split(",") if x.strip()]
+    try:
+        todo = plan(phases, a.ablate, [c.strip() for c in a.configs.split(",") if c.strip()])
+    except ValueError as e:
+        p.error(str(e))
     if "torch" not in sys.modules:  # before CUDA initialises: fewer fragmentation-reserved bytes
         os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
         # one GPU: with several visible, axolotl's device_map "auto" splits the 7B across them
@@ -353,7 +382,6 @@ def main(argv=None):
     import torch
 
     from askdraft import bench_inputs
-    phases = [x.strip().upper() for x in a.phases.split(",") if x.strip()]
     work = Path(a.work).resolve()
     cpu = not torch.cuda.is_available()
     if a.model:
@@ -385,7 +413,7 @@ def main(argv=None):
                           "note": "random weights; tokenizer SmolLM2 (vocab 49152, not Llama-2's 32000)"
                           if not a.model else None}}
     rows = []
-    for phase, config in plan(phases, a.ablate, [c.strip() for c in a.configs.split(",")]):
+    for phase, config in todo:
         print(f"bench: {phase} {config}", file=sys.stderr, flush=True)
         rows.append(measure(phase, config, ctx))
     run_block = {"command": "python -m askdraft.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
