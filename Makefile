@@ -115,6 +115,8 @@ JUDGE_SERVE ?=
 JUDGE_MODE ?= $(if $(JUDGE_SERVE),letter,json)
 ## ISOLATE: 1 = make pipeline runs each command in its own process (frees GPU memory between stages)
 ISOLATE ?=
+## JOBS: make pipeline: stages that do not depend on each other (eval, attribution, judge) run side by side, this many at once
+JOBS ?=
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) $(3) -o $(RUNS)/$(1)$(4).yaml
 
 .PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi multi-gpu-bench speed-study clean-runs help
@@ -248,7 +250,7 @@ report: | eval attribution judge ## summary.json with CIs, report.md + PNGs in r
 
 # the whole pipeline, stage by stage, each stage's wall time into results/<model>/wall_times.json
 pipeline: | $(SETUP) ## every stage above in order, in one process; resumes at the first stale stage
-	PROFILE=$(PROFILE) PY=$(PY) MODEL_NAME=$(MODEL_NAME) $(PY) tools/run_stages.py $(if $(ISOLATE),--isolate,)
+	PROFILE=$(PROFILE) PY=$(PY) MODEL_NAME=$(MODEL_NAME) $(PY) tools/run_stages.py $(if $(ISOLATE),--isolate,) $(if $(JOBS),--jobs $(JOBS),)
 
 # several GPUs of one node (recipes/multi_gpu/README.md): effective batch 4 x (8 / NGPU) x NGPU = 32
 ## NGPU: GPUs for phase-b-multi / phase-c-multi

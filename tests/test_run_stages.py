@@ -124,3 +124,71 @@ def test_undo_axolotl_attention_patch(tiny_llama_dir):
         assert LlamaAttention.forward is not original and "_original_forward" in LlamaAttention.__dict__
     finally:
         run_stages.undo_class_patches()
+
+
+SIBLINGS_MAKEFILE = """\
+PY ?= python3
+STAMP = $(PY) -c 'import sys, time; s = time.time(); time.sleep(1.5); open(sys.argv[1], "w").write(f"{s} {time.time()}"); sys.exit(int(sys.argv[2]))'
+drafts-c: out/drafts.txt
+out/drafts.txt:
+\tmkdir -p out && touch $@
+eval: out/eval.txt
+out/eval.txt: out/drafts.txt
+\t$(STAMP) $@ 0
+attribution: out/attribution.txt
+out/attribution.txt: out/drafts.txt
+\t$(STAMP) $@ $(if $(FAIL_ATTRIBUTION),1,0)
+judge: out/judge.txt
+out/judge.txt: out/drafts.txt
+\t$(STAMP) $@ 0
+report: out/report.txt
+out/report.txt: out/eval.txt out/attribution.txt out/judge.txt
+\tcat $^ > $@
+"""
+SIBLING_STAGES = ("drafts-c", "eval", "attribution", "judge", "report")
+
+
+def intervals(tmp_path):
+    return [tuple(map(float, (tmp_path / f"out/{s}.txt").read_text().split())) for s in ("eval", "attribution", "judge")]
+
+
+def test_jobs_runs_siblings_side_by_side(tmp_path):
+    (tmp_path / "Makefile").write_text(SIBLINGS_MAKEFILE)
+    proc = run(tmp_path, "--jobs", "3", *SIBLING_STAGES)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    spans = intervals(tmp_path)
+    assert max(s for s, _ in spans) < min(e for _, e in spans), spans  # all three at once
+    assert (tmp_path / "out/report.txt").exists()
+    times = json.loads((tmp_path / "results/m/wall_times.json").read_text())
+    assert set(times) == set(SIBLING_STAGES) and all(times[s] >= 1.5 for s in ("eval", "attribution", "judge"))
+    assert (tmp_path / "runs/stage-judge.log").exists()  # the children's output
+
+    again = run(tmp_path, "--jobs", "3", *SIBLING_STAGES)
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 0 and out.count("up to date") == 5, out
+
+
+def test_jobs_1_runs_siblings_one_by_one(tmp_path):
+    (tmp_path / "Makefile").write_text(SIBLINGS_MAKEFILE)
+    proc = run(tmp_path, "--jobs", "1", *SIBLING_STAGES)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    (s1, e1), (s2, e2), (s3, e3) = intervals(tmp_path)
+    assert e1 <= s2 and e2 <= s3
+    assert "side by side" not in out
+
+
+def test_jobs_failing_sibling_fails_the_run(tmp_path):
+    (tmp_path / "Makefile").write_text(SIBLINGS_MAKEFILE)
+    env = {**os.environ, "PY": sys.executable, "MODEL_NAME": "m", "FAIL_ATTRIBUTION": "1", "PROFILE": "p"}
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "run_stages.py"), "--makefile",
+                           str(tmp_path / "Makefile"), "--jobs", "3", *SIBLING_STAGES], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout
+    assert "run_stages: stage attribution failed (exit 1)" in proc.stdout
+    assert (tmp_path / "out/eval.txt").exists() and (tmp_path / "out/judge.txt").exists()
+    assert (tmp_path / "runs/p/stage-attribution.log").exists()
+    assert "== report" not in proc.stdout and not (tmp_path / "out/report.txt").exists()
+    times = json.loads((tmp_path / "results/m/wall_times.json").read_text())
+    assert set(times) == {"drafts-c", "eval", "judge"}

@@ -10,9 +10,13 @@ instead of once per command (`import axolotl.train`: 11.5 s on 2 CPU cores, 16-2
 H100 host); other lines (touch, rm, shell conditionals) go to bash. A failing line stops the run with the
 stage's name; re-running resumes at the first stale stage, as make does.
 
-usage: tools/run_stages.py [STAGE ...] [--isolate] [--makefile PATH]
+usage: tools/run_stages.py [STAGE ...] [--isolate] [--jobs N] [--makefile PATH]
   env: PROFILE, PY, MODEL_NAME and any other make variable to pass on (as for make)
   --isolate: run every line in its own process, exactly as `make STAGE` would
+  --jobs N: the stale stages of a SIBLINGS group (independent of each other) run side by side, at
+    most N at once: the first in this process, the others each in a child runner (output in
+    runs/<PROFILE>/stage-<name>.log, its tail printed if it fails); a failure fails the run after
+    the running siblings have finished, and no further sibling starts. 1 (default): one by one.
 """
 import argparse
 import gc
@@ -24,6 +28,7 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -34,6 +39,8 @@ STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval at
 EXPORTS = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
 SHELL_SYNTAX = set(";&|<>()")
+# stages that depend only on earlier stages, not on each other: --jobs N runs them side by side
+SIBLINGS = [("eval", "attribution", "judge")]
 
 
 def make(*args):
@@ -153,11 +160,100 @@ def record(times_path, stage, seconds):
     tmp.replace(times_path)
 
 
+def run_stage(stage, python, isolate):
+    """Run the stage's lines here; 0, or the failing line's exit code (after saying so)."""
+    for line in planned_lines(stage):
+        try:
+            run_line(line, python, isolate)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) and e.code else 1
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        else:
+            continue
+        print(f"run_stages: stage {stage} failed (exit {code}) at: {line}", file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
+def stage_log(stage):
+    profile = os.environ.get("PROFILE")
+    return MAKEFILE.parent / "runs" / (profile or "") / f"stage-{stage}.log"
+
+
+def run_siblings(stages, jobs, python, isolate):
+    """Run stale sibling stages side by side, at most `jobs` at once: stages[0] in this process, the
+    others each in a child runner that records no wall time. Returns {stage: (code, seconds)} for
+    every stage that ran; waits for every child it started, also when this process's stage fails."""
+    slots = threading.Semaphore(jobs)
+    failed = threading.Event()
+    results, lock = {}, threading.Lock()
+    children = []  # (stage, Popen, log path)
+
+    def wait_child(stage, proc, log, start):
+        code = proc.wait()
+        with lock:
+            results[stage] = (code, time.time() - start)
+        if code:
+            failed.set()
+        slots.release()
+
+    def launch():
+        for stage in stages[1:]:
+            slots.acquire()
+            if failed.is_set():
+                slots.release()
+                break
+            log = stage_log(stage)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--makefile", str(MAKEFILE), "--no-record", stage]
+            if isolate:
+                cmd.append("--isolate")
+            print(f"== {stage}: started side by side, output in {log}", flush=True)
+            start = time.time()
+            with open(log, "w") as out:
+                proc = subprocess.Popen(cmd, cwd=MAKEFILE.parent, stdout=out, stderr=subprocess.STDOUT)
+            waiter = threading.Thread(target=wait_child, args=(stage, proc, log, start))
+            waiter.start()
+            children.append((stage, proc, log, waiter))
+
+    slots.acquire()  # this process's stage holds one slot
+    launcher = threading.Thread(target=launch)
+    launcher.start()
+    try:
+        print(f"== {stages[0]}", flush=True)
+        start = time.time()
+        code = run_stage(stages[0], python, isolate)
+        results[stages[0]] = (code, time.time() - start)
+        if code:
+            failed.set()
+        slots.release()
+    finally:
+        if stages[0] not in results:  # interrupted: stop the children rather than leave orphans
+            failed.set()
+            slots.release()
+        launcher.join()
+        for stage, proc, log, waiter in children:
+            if stages[0] not in results:
+                proc.terminate()
+            waiter.join()
+    for stage, proc, log, waiter in children:
+        code, seconds = results[stage]
+        if code:
+            tail = log.read_text(errors="replace").splitlines()[-40:]
+            print(f"-- last lines of {log}:\n" + "\n".join(tail), file=sys.stderr, flush=True)
+            print(f"run_stages: stage {stage} failed (exit {code}); its output: {log}", file=sys.stderr, flush=True)
+    return results
+
+
 def main(argv=None):
     global MAKEFILE
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("stages", nargs="*", default=STAGES)
     p.add_argument("--isolate", action="store_true", help="a process per command line, as make does")
+    p.add_argument("--jobs", type=int, default=1, help="this many stages of a SIBLINGS group at once")
+    p.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # a --jobs child
     p.add_argument("--makefile", type=Path, default=MAKEFILE, help="default: the repo's; its folder is the cwd")
     args = p.parse_args(argv)
     MAKEFILE = args.makefile.resolve()
@@ -166,25 +262,35 @@ def main(argv=None):
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # the Makefile's `?=`
     python = os.environ.get("PY") or sys.executable  # the make lines start with $(PY) verbatim
     times_path = MAKEFILE.parent / "results" / os.environ.get("MODEL_NAME", "SmolLM2-135M-Instruct") / "wall_times.json"
+    done = set()
     for stage in args.stages:
+        if stage in done:
+            continue
         if is_up_to_date(stage):
             print(f"== {stage}: up to date", flush=True)
             continue
+        group = next((g for g in SIBLINGS if stage in g), ()) if args.jobs > 1 else ()
+        stale = [s for s in args.stages if s in group and s not in done and (s == stage or not is_up_to_date(s))]
+        if len(stale) > 1:
+            results = run_siblings(stale, args.jobs, python, args.isolate)
+            done.update(stale)
+            for name in stale:  # in the command line's order
+                if name in results and results[name][0] == 0:
+                    if not args.no_record:
+                        record(times_path, name, results[name][1])
+                    print(f"== {name}: {results[name][1]:.1f} s", flush=True)
+            codes = [results[name][0] for name in stale if name in results and results[name][0]]
+            if codes or len(results) < len(stale):
+                return codes[0] if codes else 1
+            print(f"== side by side: {', '.join(stale)}{gpu_memory_left()}", flush=True)
+            continue
         print(f"== {stage}", flush=True)
         start = time.time()
-        for line in planned_lines(stage):
-            try:
-                run_line(line, python, args.isolate)
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) and e.code else 1
-            except Exception:
-                traceback.print_exc()
-                code = 1
-            else:
-                continue
-            print(f"run_stages: stage {stage} failed (exit {code}) at: {line}", file=sys.stderr)
+        code = run_stage(stage, python, args.isolate)
+        if code:
             return code
-        record(times_path, stage, time.time() - start)
+        if not args.no_record:
+            record(times_path, stage, time.time() - start)
         print(f"== {stage}: {time.time() - start:.1f} s{gpu_memory_left()}", flush=True)
     return 0
 
