@@ -26,7 +26,7 @@ export PYTHONUNBUFFERED := 1
 export PYTORCH_CUDA_ALLOC_CONF ?= expandable_segments:True
 
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
-## PROFILE: cpu | smoke | gpu | gpu-fast (recipe profiles and data size; default: gpu where nvidia-smi finds one, else cpu)
+## PROFILE: cpu | smoke | gpu | gpu-fast | gpu-7b-fast (recipe profiles and data size; default: gpu where nvidia-smi finds one, else cpu)
 PROFILE ?= $(if $(filter 1,$(HAS_GPU)),gpu,cpu)
 ## BASE_NAME: the base model's folder name under models/base/
 BASE_NAME ?= SmolLM2-135M-Instruct
@@ -55,10 +55,15 @@ PROFILES_cpu := cpu
 PROFILES_smoke := cpu smoke
 PROFILES_gpu := gpu
 PROFILES_gpu-fast := gpu-fast
+# gpu-7b-fast: a 7B in 4 bits within 7 GiB, the fastest settings `make bench` measured (A and B in
+# one pack of 32 rows a step: PACK_ROWS; C at micro 8 x 4)
+PROFILES_gpu-7b-fast := gpu-7b-fast
+PACK_ROWS_gpu-7b-fast := 32
 # phase C only, after the above (keys of the askdraft_dpo plugin; gpu keeps an 8 GB card's defaults)
 PROFILES_C_cpu := dpo-fast
 PROFILES_C_smoke := dpo-fast
 PROFILES_C_gpu-fast := dpo-fast
+PROFILES_C_gpu-7b-fast := dpo-7b-fast
 LIMIT_smoke := 64
 DRAFT_LIMIT_smoke := 32
 DRAFT_TOKENS_smoke := 48
@@ -79,9 +84,11 @@ SG_ROUNDS ?= 1
 # shape, drafts 24 and scoring 16 (results/performance.md, 7B drafts and eval scoring)
 ## DRAFT_BATCH: rows per generation batch (drafts)
 DRAFT_BATCH_gpu := 24
+DRAFT_BATCH_gpu-7b-fast := 24
 DRAFT_BATCH ?= $(or $(DRAFT_BATCH_$(PROFILE)),$(if $(filter 1,$(HAS_GPU)),256,16))
 ## EVAL_BATCH: rows per lm-eval scoring batch
 EVAL_BATCH_gpu := 16
+EVAL_BATCH_gpu-7b-fast := 16
 EVAL_BATCH_gpu-fast := 256
 EVAL_BATCH ?= $(or $(EVAL_BATCH_$(PROFILE)),$(if $(filter 1,$(HAS_GPU)),64,8))
 ## LIMIT: train rows used (default: all; smoke: 64)
@@ -91,9 +98,14 @@ SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
 DRAFT_TOKENS ?= $(or $(DRAFT_TOKENS_$(PROFILE)),128)
 DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) --max-new-tokens $(DRAFT_TOKENS)
 ## DRAFT_ENGINE: generate (padded batches) | continuous (continuous batching, a paged KV cache; DRAFT_BATCH drafts a call)
-DRAFT_ENGINE ?= generate
+# gpu-fast: continuous batching, 512 drafts a call (the embedded drafts stage on the H200: 89 -> 66 s)
+DRAFT_ENGINE_gpu-fast := continuous
+DRAFT_BATCH_gpu-fast := 512
+DRAFT_ENGINE ?= $(or $(DRAFT_ENGINE_$(PROFILE)),generate)
 ## DRAFT_CACHE_TOKENS: continuous: the KV cache in tokens (bounds its memory; empty: sized from free GPU memory)
-DRAFT_CACHE_TOKENS ?=
+# gpu-fast: 512 drafts of up to 256 tokens at once (2.9 GiB for the 135M), so that folds side by side share the card
+DRAFT_CACHE_TOKENS_gpu-fast := 131072
+DRAFT_CACHE_TOKENS ?= $(DRAFT_CACHE_TOKENS_$(PROFILE))
 DRAFT_GEN := $(DRAFT_LIMIT) --engine $(DRAFT_ENGINE) $(if $(DRAFT_CACHE_TOKENS),--cache-tokens $(DRAFT_CACHE_TOKENS),)
 # smoke: no generative strategyqa_cot (128 new tokens a question would double its eval time)
 ## COT_TASK: the generative strategyqa_cot task in phase B's eval ("strategyqa_cot,"; empty skips it)
@@ -116,8 +128,13 @@ JUDGE_MODE ?= $(if $(JUDGE_SERVE),letter,json)
 ## ISOLATE: 1 = make pipeline runs each command in its own process (frees GPU memory between stages)
 ISOLATE ?=
 ## JOBS: make pipeline: stages that do not depend on each other (eval, attribution, judge) run side by side, this many at once
-JOBS ?=
-RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2) $(3) -o $(RUNS)/$(1)$(4).yaml
+# gpu-fast: all three (a small model leaves the GPU mostly idle); gpu keeps one model on the card at a time
+JOBS_gpu-fast := 3
+JOBS ?= $(JOBS_$(PROFILE))
+## PACK_ROWS: rows a pack for phases A and B where the profile packs (gpu-7b-fast: 32, a whole step)
+PACK_ROWS ?= $(PACK_ROWS_$(PROFILE))
+PACK = $(if $(and $(PACK_ROWS),$(filter phase_a phase_b,$(1))), --pack-rows $(PACK_ROWS),)
+RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2)$(PACK) $(3) -o $(RUNS)/$(1)$(4).yaml
 
 .PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi multi-gpu-bench speed-study clean-runs help
 # `make help`: each `target: ... ## text` line, then each `## VAR: text` line with VAR's value here

@@ -59,8 +59,8 @@ def test_plan():
     rows = bench.plan(["A", "B", "C"], ablate=True)
     assert rows[:6] == [(p, c) for c in ("plain", "tuned") for p in "ABC"]
     assert rows[6:12] == [("B", f"tuned-minus-{s}") for s in bench.ABLATIONS]
-    assert rows[12:] == [("B", "tuned-pack32"), ("C", "tuned-micro8"), ("C", "tuned-micro16")]
-    assert bench.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned"), ("C", "tuned-micro8"), ("C", "tuned-micro16")]
+    assert rows[12:] == [("B", "tuned-pack16"), ("C", "tuned-micro4"), ("C", "tuned-micro16")]
+    assert bench.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned"), ("C", "tuned-micro4"), ("C", "tuned-micro16")]
     assert bench.plan(["C"], ablate=False) == [("C", "plain"), ("C", "tuned")]
     assert bench.plan(["B"], ablate=True, configs=["plain"]) == [("B", "plain")]
     # one-switch rows by name, each on its own phase only
@@ -94,10 +94,10 @@ def test_b_pack_and_compile_rows_change_only_their_switch(tmp_path):
     ctx = {"profiles": ["cpu"], "model": tmp_path, "warmup": 1, "steps_of": lambda c: 2, "work": tmp_path,
            "data": {"B": tmp_path / "b.jsonl"}, "mean_tokens": {"B": 111.0}, "cpu": False}
     tuned = bench.row_config("B", "tuned", ctx)
-    pack = bench.row_config("B", "tuned-pack32", ctx)
-    # 32 rows of ~111 tokens in one pack: one micro-batch a step instead of two packs of 16
-    assert (pack["sequence_len"], pack["micro_batch_size"], pack["gradient_accumulation_steps"]) == (3584, 1, 1)
-    assert (tuned["micro_batch_size"], tuned["gradient_accumulation_steps"]) == (1, 2)
+    pack = bench.row_config("B", "tuned-pack16", ctx)
+    # tuned: 32 rows of ~111 tokens in one pack, one micro-batch a step; pack16: two packs of 16
+    assert (tuned["sequence_len"], tuned["micro_batch_size"], tuned["gradient_accumulation_steps"]) == (3584, 1, 1)
+    assert (pack["sequence_len"], pack["micro_batch_size"], pack["gradient_accumulation_steps"]) == (1792, 1, 2)
     compiled = bench.row_config("B", "tuned-compile", ctx)
     assert compiled.pop("torch_compile") is True and "torch_compile" not in tuned
     drop = ("output_dir", "sequence_len", "gradient_accumulation_steps")
@@ -202,12 +202,14 @@ def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
     b_plain, b_tuned = rows[("B", "plain")], rows[("B", "tuned")]
     assert b_plain["rows_per_step"] == 32 and b_plain["padding_fraction"] > 0
     assert b_tuned["switches"]["sample_packing"] and b_tuned["switches"]["optimizer"] == "adamw_torch_fused"
-    assert 20 <= b_tuned["rows_per_step"] <= 40                 # packs of ~16 rows, 2 a step
+    assert 20 <= b_tuned["rows_per_step"] <= 40                 # a pack of ~32 rows a step
     assert "precomputed" in rows[("C", "tuned")]["flop_basis"]
-    assert run["pipeline"]["tuned"]["stages"]["B"]["optimizer_steps"] == 2 * 3  # 64 rows / 32 x 3 epochs
+    assert "pipeline" not in run  # derived from the rows when read (pipeline_estimate), never stored
+    est = bench.pipeline_estimate(json.loads(out.read_text()), "cpu", "tiny")
+    assert est["tuned"]["stages"]["B"]["optimizer_steps"] == 2 * 3  # 64 rows / 32 x 3 epochs
     import doc_tables  # tools/doc_tables.py: results/performance.md's table from these rows
     table = doc_tables.performance_table(out)
-    assert "**tiny on cpu**" in table and "| B | tuned | micro 1 x 2, packed" in table
+    assert "**tiny on cpu**" in table and "| B | tuned | micro 1 x 1, packed" in table
 
 
 def test_profiles_compose(tmp_path):
@@ -230,6 +232,22 @@ def test_pipeline_estimate_spans_runs():
     assert {ph: v["optimizer_steps"] for ph, v in est["tuned"]["stages"].items()} == steps
     assert est["tuned"]["training_s"] == pytest.approx(steps["A"] * 1.0 + steps["B"] * 2.0 + steps["C"] * 3.0)
     assert "plain" not in est
+    assert {ph: v["config"] for ph, v in est["fastest"]["stages"].items()} == {"A": "tuned", "B": "tuned", "C": "tuned"}
+
+
+def test_pipeline_estimate_fastest_within_the_memory_limit():
+    """fastest: per phase the quickest non-plain row at or under 7 GiB, whatever its name."""
+    def row(phase, config, s, gib):
+        return {"phase": phase, "config": config, "device": "gpu", "model": {"name": "m"}, "run_id": "r",
+                "step_s": {"median": s}, "peak_reserved_gib": gib}
+    doc = {"runs": {"r": {"data": {"B": {"rows": 64}, "C": {"rows": 64}}}},
+           "rows": [row("B", "plain", 3.0, 5.0), row("B", "tuned", 0.8, 5.2), row("B", "tuned-pack32", 0.4, 6.0),
+                    row("C", "tuned", 5.0, 5.5), row("C", "tuned-micro8", 2.3, 6.8), row("C", "tuned-micro16", 1.6, 9.3),
+                    {**row("C", "tuned-micro32", 0.1, 3.0), "error": "died"}]}
+    est = bench.pipeline_estimate(doc, "gpu", "m")
+    assert {ph: v["config"] for ph, v in est["fastest"]["stages"].items()} == {"B": "tuned-pack32", "C": "tuned-micro8"}
+    assert est["plain"]["stages"] == {"B": {"config": "plain", "optimizer_steps": 2 * 3, "s": 18.0}}
+    assert bench.pipeline_estimate(doc, "gpu", "m", limit_gib=10)["fastest"]["stages"]["C"]["config"] == "tuned-micro16"
 
 
 def test_step_meter_counts_a_step():

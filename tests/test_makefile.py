@@ -1,11 +1,13 @@
 """The Makefile's phase C variants, as make itself expands them (`make -n`), and the recipe they
 compose: a variant never touches the default phase C's files, and `askdraft recipe --set`
 reaches into the datasets list."""
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tools"))
@@ -144,3 +146,37 @@ def test_base_needs_a_source_for_another_model():
                           "BASE_SRC=meta-llama/Llama-2-7b-hf"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
     assert "base-model meta-llama/Llama-2-7b-hf" in out and "--name Llama-2-7b-hf --out-root models/base/" in out
+
+
+def test_gpu_7b_fast_packs_a_and_b_only():
+    out = planned("PROFILE=gpu-7b-fast")
+    recipes = [line for line in out.splitlines() if " recipe recipes/" in line]
+    ab = [line for line in recipes if "phase_a.yaml" in line or "phase_b.yaml" in line]
+    c = [line for line in recipes if "phase_c.yaml" in line]
+    assert ab and all("--profile gpu-7b-fast" in line and "--pack-rows 32" in line for line in ab)
+    assert c and all("--profile gpu-7b-fast" in line and "--profile dpo-7b-fast" in line and "--pack-rows" not in line
+                     for line in c)
+    assert "drafts --base models/cot_phaseB/merged --name cot_phaseB --out-root data/drafts --batch-size 24 " in out
+    cfg = compose(REPO / "recipes/phase_c.yaml", ["gpu-7b-fast", "dpo-7b-fast"])
+    assert (cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["sample_packing"]) == (8, 4, False)
+
+
+def test_pack_rows_sizes_packs_from_the_data(tmp_path, smollm2_dir):
+    """One pack of 32 rows a step: sequence_len from the rows' mean tokens (the model's tokenizer)."""
+    from askdraft.bench_inputs import mean_tokens
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"segments": [{{"label": false, "text": "Question: is {n} odd?\\n"}}, '
+                            f'{{"label": true, "text": "{"yes" if n % 2 else "no"}"}}]}}\n' for n in range(40)))
+    out = tmp_path / "b.yaml"
+    subprocess.run([sys.executable, "-m", "askdraft.cli", "recipe", "recipes/phase_b.yaml", "--profile", "gpu-7b-fast",
+                    "--set", f"base_model={smollm2_dir}", "--set", f"datasets.0.path={rows}", "--pack-rows", "32",
+                    "-o", str(out)], cwd=REPO, check=True, capture_output=True)
+    cfg = yaml.safe_load(out.read_text())
+    mean = mean_tokens(rows, smollm2_dir, "B")
+    assert 5 < mean < 20
+    assert cfg["sequence_len"] == max(128, 64 * math.ceil(32 * mean / 64))
+    assert (cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["sample_packing"]) == (1, 1, True)
+    bad = subprocess.run([sys.executable, "-m", "askdraft.cli", "recipe", "recipes/phase_b.yaml", "--pack-rows", "32",
+                          "--set", f"base_model={smollm2_dir}", "-o", str(tmp_path / "x.yaml")],
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "sample_packing" in bad.stderr and not (tmp_path / "x.yaml").exists()

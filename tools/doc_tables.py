@@ -24,6 +24,7 @@ import typing
 from pathlib import Path
 
 from askdraft.bench import pipeline_estimate
+from askdraft.bench_generation import DEV_QUESTIONS, DRAFT_QUESTIONS
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
@@ -219,9 +220,12 @@ def performance_table(path=BENCH):
     out = []
     for (device, model), rows in groups.items():
         plain = {r["phase"]: r for r in rows if r["config"] == "plain" and "error" not in r}
-        out += [f"**{model} on {device}** (commit {str(rows[0]['commit'])[:7]}, {rows[0]['date'][:10]}; "
+        commits = ", ".join(dict.fromkeys(str(r["commit"])[:7] for r in rows))
+        dates = " to ".join(sorted({r["date"][:10] for r in rows})[::max(1, len({r["date"][:10] for r in rows}) - 1)])
+        steps = "/".join(str(n) for n in sorted({r["timed_steps"] for r in rows if "timed_steps" in r}, reverse=True))
+        out += [f"**{model} on {device}** (commits {commits}, {dates}; "
                 f"quant {rows[0]['model']['quant']}, vocab {rows[0]['model']['vocab_size']}; "
-                f"{rows[0].get('timed_steps', '?')} timed steps after {rows[0].get('warmup_steps', '?')} warm-up):",
+                f"{steps or '?'} timed steps after {rows[0].get('warmup_steps', '?')} warm-up):",
                 "", PERF_HEADER]
         for r in sorted(rows, key=lambda r: (r["phase"], r["config"] != "plain", r["config"] != "tuned", r["config"])):
             if "error" in r:
@@ -235,10 +239,11 @@ def performance_table(path=BENCH):
                        f"| {100 * r['padding_fraction']:.0f} % | {mem} | {pct(r['mfu'])} | {r['final_loss']:.3f} |")
         est = pipeline_estimate(doc, device, model)
         totals = []
-        for c in ("plain", "tuned"):
+        for c in ("plain", "tuned", "fastest"):
             if c in est:
-                stages = ", ".join(f"{ph} {v['s']:.0f} s" for ph, v in est[c]["stages"].items())
-                totals.append(f"{c} {est[c]['training_s'] / 60:.1f} min ({stages})")
+                stages = ", ".join(f"{ph} {v['s']:.0f} s" + (f" at {v['config']}" if c == "fastest" else "")
+                                   for ph, v in est[c]["stages"].items())
+                totals.append(f"{c}{' within 7 GiB' if c == 'fastest' else ''} {est[c]['training_s'] / 60:.1f} min ({stages})")
         if totals:
             out += ["", f"Training stages of the pipeline, **estimated** from these median step times x the "
                         f"recipes' optimizer steps (no model loads, drafts or eval): {'; '.join(totals)}."]
@@ -247,20 +252,22 @@ def performance_table(path=BENCH):
 
 
 def readme_speed_table(path=BENCH):
-    """README.md: plain vs tuned per phase, the first device of bench.json (the rest: results/performance.md)."""
+    """README.md: per phase the plain recipe vs the fastest row within 7 GiB (what gpu-7b-fast and
+    dpo-7b-fast set), on the first device of bench.json (the rest: results/performance.md)."""
     if not path.is_file():
         return "No measurements yet: `make bench` on a GPU."
     doc = json.loads(path.read_text(encoding="utf-8"))
-    ok = [r for r in doc["rows"] if "error" not in r and r["config"] in ("plain", "tuned")]
+    ok = [r for r in doc["rows"] if "error" not in r]
     device, model = ok[0]["device"], ok[0]["model"]["name"]
-    by = {(r["phase"], r["config"]): r for r in ok if r["device"] == device and r["model"]["name"] == model}
-    out = [f"| phase (`make bench`, {device}, commit {str(ok[0]['commit'])[:7]}) | the recipe: s/step "
-           "| + `--profile gpu-7b-fast`: s/step | speed-up | peak reserved GiB |", "|---|---|---|---|---|"]
-    for phase in sorted({p for p, _ in by}):
-        plain, tuned = by.get((phase, "plain")), by.get((phase, "tuned"))
-        if plain and tuned:
-            out.append(f"| {phase} | {plain['step_s']['median']:.2f} | {tuned['step_s']['median']:.2f} "
-                       f"| {plain['step_s']['median'] / tuned['step_s']['median']:.1f}x | {tuned['peak_reserved_gib']:.2f} |")
+    plain = {r["phase"]: r for r in ok if (r["device"], r["model"]["name"], r["config"]) == (device, model, "plain")}
+    fastest = pipeline_estimate(doc, device, model).get("fastest", {}).get("stages", {})
+    pick = {(r["phase"], r["config"]): r for r in ok if (r["device"], r["model"]["name"]) == (device, model)}
+    out = [f"| phase (`make bench`, {device}) | the recipe: s/step | fastest within 7 GiB (`--profile gpu-7b-fast`): s/step "
+           "| speed-up | peak reserved GiB |", "|---|---|---|---|---|"]
+    for phase in sorted(set(plain) & set(fastest)):
+        p, t = plain[phase], pick[(phase, fastest[phase]["config"])]
+        out.append(f"| {phase} | {p['step_s']['median']:.2f} | {t['step_s']['median']:.2f} ({t['config']}, "
+                   f"{str(t['commit'])[:7]}) | {p['step_s']['median'] / t['step_s']['median']:.1f}x | {t['peak_reserved_gib']:.2f} |")
     return "\n".join(out)
 
 
@@ -276,7 +283,7 @@ def generation_table(path=GENERATION, limit_gib=7.0):
         return "–" if x is None else f"{x:.2f}" + (" (over)" if x > limit_gib else "")
     out = [f"**{doc['model']} ({doc['quant']}) on {doc['device']}** (commit {str(doc['commit'])[:7]}, {doc['date'][:10]}; "
            f"{doc['rows'][0]['new_tokens']} new tokens forced per draft, median of {doc['rows'][0]['timed_batches']} timed batches):",
-           "", "| engine | batch | s a batch | new tokens/s | drafts of 2289 questions, s (estimate) "
+           "", f"| engine | batch | s a batch | new tokens/s | drafts of {DRAFT_QUESTIONS} questions, s (estimate) "
            "| peak reserved GiB, generating | scoring rows/s | peak reserved GiB, scoring |", "|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         engine = r.get("engine", "generate")
@@ -292,13 +299,14 @@ def generation_table(path=GENERATION, limit_gib=7.0):
     best = min(fits, key=lambda r: r["drafts_s_estimate"])
     bench = json.loads(BENCH.read_text(encoding="utf-8"))
     model = next((r["model"]["name"] for r in bench["rows"] if r["device"] == doc["device"]), None)
-    tuned = pipeline_estimate(bench, doc["device"], model).get("tuned")
-    dev_drafts = best["drafts_s_estimate"] * 289 / 2289  # after C: the dev split only
-    if tuned and set(tuned["stages"]) == {"A", "B", "C"}:
-        total = tuned["training_s"] + best["drafts_s_estimate"] + dev_drafts
+    fastest = pipeline_estimate(bench, doc["device"], model, limit_gib).get("fastest")
+    dev_drafts = best["drafts_s_estimate"] * DEV_QUESTIONS / DRAFT_QUESTIONS  # after C: the dev split only
+    if fastest and set(fastest["stages"]) == {"A", "B", "C"}:
+        total = fastest["training_s"] + best["drafts_s_estimate"] + dev_drafts
         out += ["", f"Fastest drafts within {limit_gib} GiB: {best.get('engine', 'generate')}, batch {best['batch_size']}. "
                     f"The 7B pipeline, **estimated** from "
-                    f"measured times (tuned training {tuned['training_s'] / 60:.1f} min + drafts of train and dev "
+                    f"measured times (training at the fastest rows within {limit_gib} GiB "
+                    f"{fastest['training_s'] / 60:.1f} min + drafts of train and dev "
                     f"{best['drafts_s_estimate'] / 60:.1f} min + drafts of dev after C {dev_drafts / 60:.1f} min; eval and "
                     f"model loads not measured): **{total / 60:.1f} min** (target 15)."]
     return "\n".join(out)

@@ -15,6 +15,7 @@ import time
 
 T0 = time.perf_counter()
 import torch  # noqa: E402
+from torch.autograd import DeviceType  # noqa: E402
 
 import axolotl.cli.config  # noqa: E402
 import axolotl.cli.train  # noqa: E402
@@ -69,7 +70,10 @@ class StepTimer(StepMeter):
 
     def write_ops(self, window_s, steps):
         events = self.prof.key_averages()
-        device_us = sum(e.self_device_time_total for e in events)
+        # kernels only, as torch's own table totals them: kineto also charges each kernel's time to the
+        # CPU op that launched it, so summing every event counted it twice (the H200 ops of 27dd467)
+        device_us = sum(e.self_device_time_total for e in events
+                        if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False))
         head = (f"window: {steps} optimizer steps, {window_s:.3f} s wall, "
                 f"{device_us / 1e6:.3f} s of device kernels ({100 * device_us / 1e6 / window_s:.1f} % busy)\n")
         sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"

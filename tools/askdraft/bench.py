@@ -53,13 +53,13 @@ PEAK_BF16 = [("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H2
              ("L4", 121e12), ("A10G", 70e12), ("RTX 4090", 165e12)]
 RECIPES = {"A": "recipes/phase_a.yaml", "B": "recipes/phase_b.yaml", "C": "recipes/phase_c.yaml"}
 TUNED_PROFILES = {"A": ["gpu-7b-fast"], "B": ["gpu-7b-fast"], "C": ["gpu-7b-fast", "dpo-7b-fast"]}
-ROWS_PER_PACK = {"A": 32, "B": 16}   # tuned packs: one micro-batch holds this many rows
+ROWS_PER_PACK = {"A": 32, "B": 32}   # tuned packs: one micro-batch holds this many rows (a whole step)
 LIGER_KEYS = ("liger_rms_norm", "liger_glu_activation", "liger_fused_linear_cross_entropy")
 KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
 # tuned minus one switch: the keys that turn it off (packing / big_micro depend on the data)
 ABLATIONS = ["liger", "lora_kernels", "fused_adamw", "sdpa", "packing", "big_micro"]
-C_MICRO = [8, 16]  # phase C has no packing: --ablate adds tuned rows at these micro-batches (32 pairs a step)
-B_PACKS = [32]     # --ablate adds phase B rows with this many rows a pack (one micro-batch a step)
+C_MICRO = [4, 16]  # phase C has no packing: --ablate adds tuned rows at these micro-batches (tuned: 8; 32 pairs a step)
+B_PACKS = [16]     # --ablate adds phase B rows with this many rows a pack (tuned: 32, one pack a step)
 # one-switch rows and their phase (tuned-compile: tuned plus axolotl's torch_compile)
 ROW_PHASE = {"tuned-minus-": "B", "tuned-pack": "B", "tuned-micro": "C", "tuned-compile": "B"}
 ABLATE_ROWS = ([f"tuned-minus-{s}" for s in ABLATIONS] + [f"tuned-pack{n}" for n in B_PACKS]
@@ -142,9 +142,8 @@ def row_phase(config):
 
 def packing_keys(phase, mean_tokens, rows_per_pack, base_len):
     """sequence_len, micro and accumulation for packs of ~rows_per_pack rows, 32 rows a step."""
-    pack_len = max(base_len, 64 * math.ceil(rows_per_pack * mean_tokens / 64))
-    return {"sequence_len": pack_len, "micro_batch_size": 1,
-            "gradient_accumulation_steps": max(1, ROWS_PER_STEP // rows_per_pack)}
+    from askdraft.recipe import pack_keys
+    return pack_keys(mean_tokens, rows_per_pack, base_len, ROWS_PER_STEP)
 
 
 def row_config(phase, config, ctx):
@@ -294,19 +293,27 @@ def merge(path, run_id, run_block, new_rows):
     return {"schema": SCHEMA, "runs": {k: v for k, v in runs.items() if k in used}, "rows": rows}
 
 
-def pipeline_estimate(doc, device, model_name):
+def pipeline_estimate(doc, device, model_name, limit_gib=MEM_LIMIT_GIB):
     """Seconds of each training stage = median step s x the recipe's optimizer steps (rows of the
-    data the row trained on / 32 x num_epochs), for plain and tuned, over every row of bench.json
-    `doc` for this device and model, whichever run made it. Drafts and eval are not measured here."""
+    data the row trained on / 32 x num_epochs), over every row of bench.json `doc` for this device
+    and model, whichever run made it: for plain, for tuned, and for the fastest row of each phase
+    within limit_gib ("fastest": any one-switch row too). Drafts and eval are not measured here."""
+    ok = [r for r in doc["rows"] if (r.get("device"), r["model"]["name"]) == (device, model_name) and "error" not in r]
+
+    def stage(r):
+        epochs = yaml.safe_load((REPO_ROOT / RECIPES[r["phase"]]).read_text(encoding="utf-8"))["num_epochs"]
+        steps = math.ceil(doc["runs"][r["run_id"]]["data"][r["phase"]]["rows"] / ROWS_PER_STEP) * epochs
+        return {"config": r["config"], "optimizer_steps": steps, "s": round(steps * r["step_s"]["median"], 1)}
+
+    picks = {config: {r["phase"]: r for r in ok if r["config"] == config} for config in ("plain", "tuned")}
+    fits = [r for r in ok if r["config"] != "plain" and r.get("peak_reserved_gib") is not None
+            and r["peak_reserved_gib"] <= limit_gib]
+    picks["fastest"] = {ph: min((r for r in fits if r["phase"] == ph), key=lambda r: r["step_s"]["median"])
+                        for ph in sorted({r["phase"] for r in fits})}
     out = {}
-    for config in ("plain", "tuned"):
-        stages = {}
-        for r in sorted(doc["rows"], key=lambda r: r["phase"]):
-            if (r.get("device"), r["model"]["name"], r["config"]) == (device, model_name, config) and "error" not in r:
-                epochs = yaml.safe_load((REPO_ROOT / RECIPES[r["phase"]]).read_text(encoding="utf-8"))["num_epochs"]
-                steps = math.ceil(doc["runs"][r["run_id"]]["data"][r["phase"]]["rows"] / ROWS_PER_STEP) * epochs
-                stages[r["phase"]] = {"optimizer_steps": steps, "s": round(steps * r["step_s"]["median"], 1)}
-        if stages:
+    for config, rows in picks.items():
+        if rows:
+            stages = {ph: stage(rows[ph]) for ph in sorted(rows)}
             out[config] = {"stages": stages, "training_s": round(sum(s["s"] for s in stages.values()), 1)}
     return {"estimate": "from measured median step times x the recipes' optimizer steps; "
                         "model loading, drafts and eval not included", **out}
@@ -425,7 +432,6 @@ def main(argv=None):
     with open(f"{a.out}.lock", "w") as lock:  # another bench process (another GPU) may share --out
         fcntl.flock(lock, fcntl.LOCK_EX)
         doc = merge(a.out, ctx["run_id"], run_block, rows)
-        run_block["pipeline"] = pipeline_estimate(doc, ctx["device"], name)  # run_block is doc's, rows of every run
         write_json(a.out, doc)
     png = a.png or str(Path(a.out).with_suffix(".png"))
     plot([r for r in doc["rows"] if r.get("device") == ctx["device"] and r["model"]["name"] == name], png)
@@ -433,6 +439,11 @@ def main(argv=None):
         print(f"{r['phase']} {r['config']:>24}: " + (f"ERROR {r['error'][:120]}" if "error" in r else
               f"{r['step_s']['median']:.3f} s/step, {r['useful_tokens_per_s']:.0f} useful tok/s, "
               f"peak reserved {r['peak_reserved_gib'] or 0:.2f} GiB, pad {100 * r['padding_fraction']:.0f} %"))
+    est = pipeline_estimate(doc, ctx["device"], name)
+    for config in ("plain", "tuned", "fastest"):
+        if config in est:
+            print(f"training estimate, {config}: {est[config]['training_s'] / 60:.1f} min (" + ", ".join(
+                f"{ph} {v['s']:.0f} s at {v['config']}" for ph, v in est[config]["stages"].items()) + ")")
     print(f"-> {a.out}, {png}")
     return doc
 

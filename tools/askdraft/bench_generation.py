@@ -27,7 +27,8 @@ from askdraft.drafts import generate, generate_continuous, release_continuous
 from askdraft.io import positive_int, write_json
 
 QUESTIONS = REPO_ROOT / "data" / "strategyqa" / "decompositions.jsonl"
-DRAFT_QUESTIONS = 2289  # train + dev drafts of the default split
+DRAFT_QUESTIONS = 2289  # train + dev drafts of the default split (2000 + 289)
+DEV_QUESTIONS = 289     # the dev drafts after phase C
 
 
 def prompts(n):
