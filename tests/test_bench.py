@@ -223,7 +223,8 @@ def test_profiles_compose(tmp_path):
 def test_pipeline_estimate_spans_runs():
     """A later run of phase C alone: the estimate still covers A and B, each with its own run's data."""
     def row(phase, run, s):
-        return {"phase": phase, "config": "tuned", "device": "gpu", "model": {"name": "m"}, "run_id": run, "step_s": {"median": s}}
+        return {"phase": phase, "config": "tuned", "device": "gpu", "model": {"name": "m"}, "run_id": run,
+                "step_s": {"median": s}, "peak_reserved_gib": 5.0}
     doc = {"runs": {"r1": {"data": {"A": {"rows": 64}, "B": {"rows": 96}, "C": {"rows": 10}}}, "r2": {"data": {"C": {"rows": 65}}}},
            "rows": [row("A", "r1", 1.0), row("B", "r1", 2.0), row("C", "r2", 3.0), {**row("C", "r2", 9.0), "device": "other"}]}
     est = bench.pipeline_estimate(doc, "gpu", "m")
