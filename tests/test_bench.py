@@ -212,6 +212,25 @@ def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
     assert "**tiny on cpu**" in table and "| B | tuned | micro 1 x 1, packed" in table
 
 
+@pytest.mark.slow
+def test_profile_train_times_a_real_run(tiny_repo, tmp_path):
+    """tools/profile_train.py on a bench recipe: axolotl train in process, every stage timed."""
+    import subprocess
+    root, model = tiny_repo
+    ctx = {"profiles": ["cpu"], "model": model, "warmup": 1, "steps_of": lambda c: 3, "work": tmp_path, "cpu": True,
+           "data": {"B": root / "repo" / "data" / "sft" / "phase_b.jsonl"}}
+    recipe = tmp_path / "b.yaml"
+    bench.write_recipe(bench.row_config("B", "plain", ctx), recipe)
+    out = tmp_path / "prof"
+    subprocess.run([sys.executable, str(bench.REPO_ROOT / "tools" / "profile_train.py"), str(recipe), "--out", str(out),
+                    "--steps", "1:2"], check=True, cwd=tmp_path)
+    prof = json.loads((out / "profile.json").read_text())
+    assert prof["optimizer_steps"] == 4 and prof["device"] == "cpu" and len(prof["step_s"]) == 4
+    assert {"load_config", "prepare_dataset", "build_model_and_trainer", "train"} <= set(prof["phases_s"])
+    assert prof["profiler_window"]["steps"] == 1 and prof["profiler_window"]["device_kernel_s"] == 0
+    assert (out / "ops.txt").read_text().startswith("window: 1 optimizer steps")
+
+
 def test_profiles_compose(tmp_path):
     from askdraft.recipe import compose
     cfg = compose(bench.REPO_ROOT / "recipes/phase_c.yaml", ["gpu-7b-fast", "dpo-7b-fast"])

@@ -23,7 +23,7 @@ import axolotl.common.datasets  # noqa: E402
 import axolotl.train  # noqa: E402
 
 from askdraft.io import write_json  # noqa: E402
-from askdraft_bench import StepMeter  # noqa: E402
+from askdraft_bench import StepMeter, train_in_process  # noqa: E402
 
 IMPORT_S = time.perf_counter() - T0
 phases: dict[str, float] = {}
@@ -101,18 +101,9 @@ def main():
     timed(axolotl.common.datasets, "load_preference_datasets", "prepare_dataset")
     timed(axolotl.train, "execute_training", "train")
     timed(axolotl.train, "save_trained_model", "save")
-    build = axolotl.train.setup_model_and_trainer
-
-    def build_and_hook(*a, **kw):
-        start = time.perf_counter()
-        result = build(*a, **kw)
-        timer.attach(result[0])
-        phases["build_model_and_trainer"] = round(time.perf_counter() - start, 3)
-        return result
-
-    axolotl.train.setup_model_and_trainer = build_and_hook
+    timed(axolotl.train, "setup_model_and_trainer", "build_model_and_trainer")
     start = time.perf_counter()
-    axolotl.cli.train.do_cli(config=args.config)
+    train_in_process(args.config, lambda result: timer.attach(result[0]))
     steps = [round(x, 4) for x in timer.step_s]
     report = {
         "config": args.config,

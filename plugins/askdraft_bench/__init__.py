@@ -106,6 +106,33 @@ class StepMeter(TrainerCallback):
         return [s["s"] for s in self.steps]
 
 
+def train_in_process(config_path, on_built, save=True):
+    """`axolotl train CONFIG --launcher python` in this process (axolotl's do_cli), calling
+    on_built((trainer, model, tokenizer, ...)) once the trainer exists: how bench_train and
+    tools/profile_train.py put a StepMeter on the real trainer. save=False skips saving the model."""
+    import sys
+
+    import axolotl.cli.train
+    import axolotl.train
+    build, save_model = axolotl.train.setup_model_and_trainer, axolotl.train.save_trained_model
+
+    def build_and_hook(*a, **kw):
+        result = build(*a, **kw)
+        on_built(result)
+        return result
+
+    argv = sys.argv
+    axolotl.train.setup_model_and_trainer = build_and_hook
+    if not save:
+        axolotl.train.save_trained_model = lambda *a, **kw: None
+    sys.argv = [argv[0]]  # do_cli parses the command line for its own flags
+    try:
+        axolotl.cli.train.do_cli(config=str(config_path))
+    finally:
+        sys.argv = argv
+        axolotl.train.setup_model_and_trainer, axolotl.train.save_trained_model = build, save_model
+
+
 class BenchCallback(StepMeter):
     def __init__(self, trainer):
         import torch

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 
 import torch
-from askdraft_bench import StepMeter
+from askdraft_bench import StepMeter, train_in_process
 
 
 def count_trainable(model):
@@ -27,30 +27,16 @@ def count_trainable(model):
 def run(config_path):
     """Train CONFIG in process; returns {steps, lora_params, peak_*_gib, start_allocated_gib,
     ref_precomputed_s}."""
-    import axolotl.cli.train
-    import axolotl.train
-
     gib = 2 ** 30
     start_allocated = torch.cuda.memory_allocated() / gib if torch.cuda.is_available() else None
     meter, seen = StepMeter(), {}
-    build, save = axolotl.train.setup_model_and_trainer, axolotl.train.save_trained_model
 
-    def build_and_hook(*a, **kw):
-        result = build(*a, **kw)
+    def hook(result):
         meter.pad_id = result[2].pad_token_id
         meter.attach(result[0])
         seen["lora_params"] = count_trainable(result[0].model)
-        return result
 
-    argv = sys.argv
-    axolotl.train.setup_model_and_trainer = build_and_hook
-    axolotl.train.save_trained_model = lambda *a, **kw: None
-    sys.argv = [argv[0]]  # do_cli parses the command line for its own flags
-    try:
-        axolotl.cli.train.do_cli(config=str(config_path))
-    finally:
-        sys.argv = argv
-        axolotl.train.setup_model_and_trainer, axolotl.train.save_trained_model = build, save
+    train_in_process(config_path, hook, save=False)
     out = {"steps": meter.steps, "lora_params": seen.get("lora_params"), "start_allocated_gib": start_allocated,
            "peak_reserved_gib": None, "peak_allocated_gib": None}
     if torch.cuda.is_available():
