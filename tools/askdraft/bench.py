@@ -4,9 +4,11 @@
 
 plain = recipes/phase_{a,b,c}.yaml as they are, plus only what a bench needs (base_model, data
 paths, max_steps, no saving). tuned = the same recipe with recipes/profiles/gpu-7b-fast.yaml
-(and dpo-7b-fast.yaml for C), composed by `askdraft recipe`. --ablate adds phase B rows of
-tuned minus one switch each, and phase C tuned rows at micro 8 x 4 and 16 x 2. Every composed
-YAML is kept under runs/bench/ and hashed in its row.
+(and dpo-7b-fast.yaml for C), composed by `askdraft recipe`, with A's and B's packs sized to hold
+a whole step of 32 rows. --ablate adds phase B rows of tuned minus one switch each and at 16 rows
+a pack, and phase C tuned rows at micro 4 x 8 and 16 x 2; --configs names any such row
+(tuned-minus-SWITCH, tuned-packN, tuned-microN, tuned-compile). Every composed YAML is kept
+under runs/bench/ and hashed in its row.
 
 Default model: a random LlamaForCausalLM at the Llama-2-7B shape with the embedded SmolLM2
 tokenizer (vocab 49152: bench_inputs), loaded by the recipe's load_in_4bit NF4 path.
@@ -132,11 +134,12 @@ def plan(phases, ablate, configs=("plain", "tuned")):
 
 def row_phase(config):
     """The phase a one-switch row belongs to; ValueError for a name that is not one."""
-    for prefix, phase in ROW_PHASE.items():
+    if config == "tuned-compile":
+        return ROW_PHASE[config]
+    for prefix in ("tuned-minus-", "tuned-pack", "tuned-micro"):
         rest = config.removeprefix(prefix)
-        if config.startswith(prefix) and (rest in ABLATIONS if prefix == "tuned-minus-" else
-                                          rest.isdigit() if prefix != "tuned-compile" else rest == ""):
-            return phase
+        if config.startswith(prefix) and (rest in ABLATIONS if prefix == "tuned-minus-" else rest.isdigit()):
+            return ROW_PHASE[prefix]
     raise ValueError(f"bench: unknown row {config!r}: plain, tuned, " + ", ".join(f"{k}..." for k in ROW_PHASE))
 
 
@@ -365,7 +368,7 @@ def main(argv=None):
     p.add_argument("--configs", default="plain,tuned",
                    help="plain, tuned and one-switch rows such as tuned-minus-liger, tuned-pack32, tuned-micro8, "
                         "tuned-compile (two processes on two GPUs may share one --out)")
-    p.add_argument("--ablate", action="store_true", help="phase B rows of tuned minus one switch each and at 32 rows a pack; phase C tuned rows at micro 8 and 16")
+    p.add_argument("--ablate", action="store_true", help="phase B rows of tuned minus one switch each and at 16 rows a pack; phase C tuned rows at micro 4 and 16")
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps of a plain / tuned row")
     p.add_argument("--ablate-steps", type=int, default=8, help="timed optimizer steps of an ablation row")
     p.add_argument("--warmup", type=int, default=2, help="untimed optimizer steps before them")
