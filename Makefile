@@ -323,7 +323,8 @@ SPEED_GPUS ?= 0,1
 ## GEN_BATCHES: batch sizes of speed-study's 7B inference bench (drafts and scoring)
 GEN_BATCHES ?= 8,16,24,32
 ## GEN_CONTINUOUS: drafts per call of its continuous-batching rows (a 4096-token KV cache: 2 GiB at the 7B shape)
-GEN_CONTINUOUS ?= 256,1024
+# one size: a call of 256 took ~80 s on the H200, so 1024 a call would be minutes a timed batch
+GEN_CONTINUOUS ?= 256
 speed-study: data/sft/REPORT.json | $(SETUP) ## every speed figure: multi-gpu-bench (two ids), bench plain vs tuned vs each switch, the 7B inference bench
 	mkdir -p runs; set -- $(subst $(comma), ,$(SPEED_GPUS)); \
 	gen() { CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench_generation --model runs/models/llama2-7b-shape --load-in-4bit \
