@@ -221,7 +221,8 @@ def performance_table(path=BENCH):
     for (device, model), rows in groups.items():
         plain = {r["phase"]: r for r in rows if r["config"] == "plain" and "error" not in r}
         commits = ", ".join(dict.fromkeys(str(r["commit"])[:7] for r in rows))
-        dates = " to ".join(sorted({r["date"][:10] for r in rows})[::max(1, len({r["date"][:10] for r in rows}) - 1)])
+        days = sorted({r["date"][:10] for r in rows})
+        dates = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
         steps = "/".join(str(n) for n in sorted({r["timed_steps"] for r in rows if "timed_steps" in r}, reverse=True))
         out += [f"**{model} on {device}** (commits {commits}, {dates}; "
                 f"quant {rows[0]['model']['quant']}, vocab {rows[0]['model']['vocab_size']}; "
@@ -259,9 +260,9 @@ def readme_speed_table(path=BENCH):
     doc = json.loads(path.read_text(encoding="utf-8"))
     ok = [r for r in doc["rows"] if "error" not in r]
     device, model = ok[0]["device"], ok[0]["model"]["name"]
-    plain = {r["phase"]: r for r in ok if (r["device"], r["model"]["name"], r["config"]) == (device, model, "plain")}
-    fastest = pipeline_estimate(doc, device, model).get("fastest", {}).get("stages", {})
     pick = {(r["phase"], r["config"]): r for r in ok if (r["device"], r["model"]["name"]) == (device, model)}
+    plain = {phase: r for (phase, config), r in pick.items() if config == "plain"}
+    fastest = pipeline_estimate(doc, device, model).get("fastest", {}).get("stages", {})
     out = [f"| phase (`make bench`, {device}) | the recipe: s/step | fastest within 7 GiB (`--profile gpu-7b-fast`): s/step "
            "| speed-up | peak reserved GiB |", "|---|---|---|---|---|"]
     for phase in sorted(set(plain) & set(fastest)):

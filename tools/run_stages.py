@@ -189,9 +189,9 @@ def run_siblings(stages, jobs, python, isolate):
     slots = threading.Semaphore(jobs)
     failed = threading.Event()
     results, lock = {}, threading.Lock()
-    children = []  # (stage, Popen, log path)
+    children = []  # (stage, Popen, log path, waiter thread)
 
-    def wait_child(stage, proc, log, start):
+    def wait_child(stage, proc, start):
         code = proc.wait()
         with lock:
             results[stage] = (code, time.time() - start)
@@ -214,7 +214,7 @@ def run_siblings(stages, jobs, python, isolate):
             start = time.time()
             with open(log, "w") as out:
                 proc = subprocess.Popen(cmd, cwd=MAKEFILE.parent, stdout=out, stderr=subprocess.STDOUT)
-            waiter = threading.Thread(target=wait_child, args=(stage, proc, log, start))
+            waiter = threading.Thread(target=wait_child, args=(stage, proc, start))
             waiter.start()
             children.append((stage, proc, log, waiter))
 

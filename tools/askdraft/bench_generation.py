@@ -51,6 +51,11 @@ def timed(fn, sync):
     return time.perf_counter() - start, result
 
 
+def drafts_estimate(batch_s, batch_size):
+    """Seconds for the drafts of DRAFT_QUESTIONS questions: a batch's seconds x the batches they need."""
+    return round(batch_s * -(-DRAFT_QUESTIONS // batch_size), 1)
+
+
 def reset_peak(cuda):
     if cuda:
         import torch
@@ -91,7 +96,7 @@ def bench(model, tok, batch_sizes, new_tokens, batches, progress=True):
             draft_prompt_tokens_mean=round(prompt_tokens, 1),
             generate_s_per_batch=gen_s[1:], generate_s_median=med,
             new_tokens_per_s=round(bs * new_tokens / med, 1),
-            drafts_s_estimate=round(med * -(-DRAFT_QUESTIONS // bs), 1),
+            drafts_s_estimate=drafts_estimate(med, bs),
             score_s_per_batch=score_s[1:],
             score_rows_per_s=round(bs / statistics.median(score_s[1:]), 1),
             generate_peak_reserved_gib=round(gen_peak, 3) if cuda else None,
@@ -125,7 +130,7 @@ def bench_continuous(model, tok, batch_sizes, new_tokens, batches, cache_tokens,
             engine="continuous", batch_size=bs, cache_tokens=cache_tokens, new_tokens=new_tokens, timed_batches=batches,
             generate_s_per_batch=gen_s[1:], generate_s_median=med, new_tokens_per_batch=new[1:],
             new_tokens_per_s=round(statistics.median(new[1:]) / med, 1),
-            drafts_s_estimate=round(med * -(-DRAFT_QUESTIONS // bs), 1),
+            drafts_s_estimate=drafts_estimate(med, bs),
             generate_peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None))
     return rows
 
