@@ -249,3 +249,15 @@ def test_makefile_plans_quality_pairs():
     assert ("pairs --mode quality --drafts data/drafts/cot_phaseB_sampled_s2/train.jsonl --drafts-2 "
             "data/drafts/cot_phaseB_sampled_s3/train.jsonl --margin 0.2") in out
     assert "-o data/pairs-quality.jsonl" in out and "data/drafts/cot_phaseB/train.jsonl" not in out
+
+
+def test_quality_pairs_length_limit(pair_files, tiny_llama_dir, tmp_path):
+    toy, gold, first, second = pair_files
+    long = write_jsonl(tmp_path / "long.jsonl", [
+        {"question": PAIR_TOY[1]["question"], "draft": draft(*["What colour is the sky?"] * 6)}])
+    out, report = pairs.build(first, gold, mode="quality", drafts_2=long, k=2, decompositions=toy,
+                              tokenizer=tiny_llama_dir, max_len=254)
+    assert out and report["dropped"]["too_long"] == 0 and report["longest_pair_tokens"] > 0
+    with pytest.raises(InputError, match="'too_long': 1"):
+        pairs.build(first, gold, mode="quality", drafts_2=long, k=2, decompositions=toy,
+                    tokenizer=tiny_llama_dir, max_len=report["longest_pair_tokens"] - 1)

@@ -1,8 +1,8 @@
 """`askdraft pairs` (also tools/build_dpo_pairs.py): student drafts + gold answers -> DPO pairs.
 
-Every pair's prompt is the DPO template with the student's own draft,
+In draft and answer modes a pair's prompt is the DPO template with the student's own draft,
 "Question: {q} Student draft: {draft}\\nFinal answer:", and chosen is the gold answer
-(" yes" / " no"). The rejected side depends on --mode:
+(" yes" / " no"); quality mode pairs two drafts instead. The rejected side depends on --mode:
   draft  (default)  " " + the draft itself when its tentative answer is wrong, or, when the
                     student was already right, " " + the same draft with its conclusion
                     flipped (flipped: true). A draft without a tentative answer ("unparsed")
