@@ -261,3 +261,20 @@ def test_quality_pairs_length_limit(pair_files, tiny_llama_dir, tmp_path):
     with pytest.raises(InputError, match="'too_long': 1"):
         pairs.build(first, gold, mode="quality", drafts_2=long, k=2, decompositions=toy,
                     tokenizer=tiny_llama_dir, max_len=report["longest_pair_tokens"] - 1)
+
+
+def test_sampled_draft_sets_are_seeded(tiny_llama_dir, tmp_path):
+    """What `make drafts-sampled` runs: the same seed gives the same drafts, another seed others."""
+    from askdraft import drafts
+    from conftest import strategyqa_split
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = (strategyqa_split() / "strategyqa_train_cot.jsonl").read_text().splitlines()[:6]
+    (data / "strategyqa_train_cot.jsonl").write_text("\n".join(rows) + "\n")
+    texts = {}
+    for name, seed in (("s2", 2), ("s2_again", 2), ("s3", 3)):
+        drafts.run(tiny_llama_dir, name, splits=("train",), data=data, out_root=tmp_path / "drafts", batch_size=3,
+                   seed=seed, max_new_tokens=12, temperature=0.8)
+        texts[name] = [json.loads(x)["draft"] for x in (tmp_path / "drafts" / name / "train.jsonl").read_text().splitlines()]
+    assert texts["s2"] == texts["s2_again"] and texts["s2"] != texts["s3"]
