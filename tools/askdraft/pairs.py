@@ -271,7 +271,8 @@ def add_arguments(p):
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help="quality mode: the least recall difference a pair keeps (default 0.2: one gold fact)")
     p.add_argument("--k", type=positive_int, help="quality mode: facts retrieved per question (default 5)")
-    p.add_argument("--decompositions", help="quality mode: StrategyQA facts (default data/strategyqa/decompositions.jsonl)")
+    p.add_argument("--decompositions",
+                   help="quality mode: StrategyQA facts (default data/strategyqa/decompositions.jsonl)")
     p.add_argument("--tokenizer", help="model dir whose tokenizer counts pair lengths (phase C's base)")
     p.add_argument("--max-len", type=int, default=254, help="phase C sequence_len - 2 (BOS + EOS)")
     p.add_argument("--allow-empty", action="store_true", help="drop empty drafts instead of failing")
