@@ -53,9 +53,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-CAL_MODES = ("none", "seed", "published")
-ROBUST_MODES = ("none", "seed", "published")
-DROP_SCORES = ("margin", "policy", "loss")
+from .args import DR_BETA_PRIME, DROP_FRACTION, DROP_SCORE, DROP_SCORES, MODES
+
 
 
 def dpo_per_pair(h, beta):
@@ -145,9 +144,9 @@ def askdraft_loss(
     beta,
     cal="none",
     robust="none",
-    drop_fraction=0.15,
-    drop_score="margin",
-    beta_prime=1.0,
+    drop_fraction=DROP_FRACTION,
+    drop_score=DROP_SCORE,
+    beta_prime=DR_BETA_PRIME,
     carry=0.0,
     pairs_before=None,
 ):
@@ -160,7 +159,7 @@ def askdraft_loss(
     stats: cal_shift (mean h subtracted; 0 unless cal == "seed"), pairs_dropped (seed Dr-DPO),
     and the usual reward statistics (beta * log-ratios, as TRL logs them).
     """
-    if cal not in CAL_MODES or robust not in ROBUST_MODES or drop_score not in DROP_SCORES:
+    if cal not in MODES or robust not in MODES or drop_score not in DROP_SCORES:
         raise ValueError(f"bad mode: cal={cal!r} robust={robust!r} drop_score={drop_score!r}")
     r_w = chosen_logps - ref_chosen_logps
     r_l = rejected_logps - ref_rejected_logps
