@@ -221,11 +221,17 @@ def test_pairs_tool_checks_what_it_writes(tmp_path):
 
 # ---------------------------------------------------------------- drafts: resume
 
+def test_generated_drafts_lose_control_characters():
+    """A model can emit a NUL or ESC token: the drafts tool drops them, so its files read back."""
+    assert drafts.cut_drafts(["Is it\x00 red?\tYes.\x1b\nTentative answer: yes\nFinal answer: yes"]) == [
+        "Is it red?\tYes.\nTentative answer: yes"]
+
+
 def test_resume_keeps_drafts_with_unicode_line_separators(tmp_path):
     split = dump(tmp_path / "dev.jsonl", split_rows())
     rows = draft_rows()
     for r in rows:
-        r["draft"] = r["draft"].replace("\n", "\u2028") + "\u0085"
+        r["draft"] = r["draft"].replace("\n", "\u2028") + "\u2029"
     out = tmp_path / "drafts" / "dev.jsonl"
     out.parent.mkdir()
     partial = Path(f"{out}.partial")
