@@ -123,7 +123,7 @@ def test_judge_failure_exit_codes_in_the_makefile():
     assert "|| [ $? -eq 1 ]" in out and "|| true" not in line
 
 
-# ---------------------------------------------------------------- the Makefile itself (issue 15)
+# ---------------------------------------------------------------- the Makefile itself
 
 def makefile_text():
     return (REPO / "Makefile").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The validating readers (askdraft.records) and the bad-input defects of issue 16.
+"""The validating readers (askdraft.records) and the bad-input defects they catch.
 
 Property-based part: each reader gets random corruptions of a good file (hypothesis) and must
 raise an InputError whose message starts with "<file>:<line>: " for the corrupted line; the
