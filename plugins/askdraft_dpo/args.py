@@ -39,9 +39,9 @@ class ScheduleEntry(BaseModel):
 
     epochs: tuple[int, int] = Field(description="[first, last]: the 1-based epochs this entry covers, inclusive")
     beta: float = Field(gt=0, description="DPO beta for these epochs")
-    cal: Mode = Field(default="none", description="calibration: none; seed (the detached batch mean of the "
+    cal: Mode = Field(default=OFF, description="calibration: none; seed (the detached batch mean of the "
                       "log-gap subtracted before the sigmoid); published (Cal-DPO, Xiao et al. 2024)")
-    robust: Mode = Field(default="none", description="robustness: none; seed (drop the askdraft_drop_fraction "
+    robust: Mode = Field(default=OFF, description="robustness: none; seed (drop the askdraft_drop_fraction "
                          "most disagreeing pairs); published (Dr. DPO, Wu et al. 2024)")
 
     @field_validator("epochs")

@@ -53,7 +53,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .args import DR_BETA_PRIME, DROP_FRACTION, DROP_SCORE, DROP_SCORES, MODES
+from .args import DR_BETA_PRIME, DROP_FRACTION, DROP_SCORE, DROP_SCORES, MODES, OFF
 
 
 
@@ -142,8 +142,8 @@ def askdraft_loss(
     ref_rejected_logps,
     *,
     beta,
-    cal="none",
-    robust="none",
+    cal=OFF,
+    robust=OFF,
     drop_fraction=DROP_FRACTION,
     drop_score=DROP_SCORE,
     beta_prime=DR_BETA_PRIME,
@@ -166,7 +166,7 @@ def askdraft_loss(
     h = r_w - r_l
 
     shift = torch.zeros((), device=h.device)
-    if cal == "none":
+    if cal == OFF:
         per_pair = dpo_per_pair(h, beta)
     elif cal == "seed":
         per_pair, shift = seed_cal_per_pair(h, beta)
@@ -174,7 +174,7 @@ def askdraft_loss(
         per_pair = published_cal_per_pair(r_w, r_l, beta)
 
     dropped = 0
-    if robust == "none":
+    if robust == OFF:
         loss = per_pair.mean()
     elif robust == "seed":
         score = {"margin": -h, "policy": -(chosen_logps - rejected_logps), "loss": per_pair}[drop_score]
