@@ -38,6 +38,12 @@ README_COMMANDS = {
     "make merge-b": "tests/test_makefile.py::test_default_phase_c_paths (expanded); merge-lora: "
                     "tests/test_iterate_dpo.py::test_one_sg_round",
     "make drafts": "tests/test_drafts_pairs.py::test_drafts_generate_resume_and_skip",
+    "make pairs": "tests/test_makefile.py::test_default_phase_c_paths (expanded: askdraft pairs -o data/pairs.jsonl)",
+    "make drafts-c": "tests/test_makefile.py::test_variant_keeps_its_own_files (C's dev drafts, expanded)",
+    "make val-c": "tests/test_kfold.py::test_fold_folder_runs_the_repo_makefile_on_its_own_files (expanded)",
+    "askdraft drafts": "tests/test_drafts_pairs.py::test_drafts_generate_resume_and_skip",
+    "askdraft pairs": "tests/test_drafts_pairs.py::test_pairs_flip_rule",
+    "axolotl merge-lora": "tests/test_iterate_dpo.py::test_one_sg_round (merge-lora of an adapter)",
     "make sg": "tests/test_iterate_dpo.py::test_one_sg_round; tests/test_makefile.py::test_variant_reaches_sg_and_multi_gpu",
     "make eval attribution judge": "tests/test_evaluate.py::test_evaluate_per_question_files_match_lm_eval_cli, "
                                    "tests/test_attribution.py::test_cli_end_to_end, "
@@ -104,6 +110,22 @@ def test_readme_make_commands_expand():
         r = subprocess.run(["make", "-n", "--no-print-directory", *cmd.split()[1:]], cwd=REPO,
                            capture_output=True, text=True)
         assert r.returncode == 0, f"{cmd}: {r.stderr}"
+
+
+USER_DOCS = ("README.md", "recipes/README.md", "recipes/multi_gpu/README.md", "results/README.md",
+             "results/performance.md", "plugins/askdraft_dpo/README.md", "lm_eval_tasks/strategyqa/README.md",
+             "data/samples/README.md", "data/strategyqa/README.md")
+
+
+def test_user_docs_speak_of_the_project_not_its_issues():
+    """The docs say what is true now: no issue numbers, in the pages nor in the tools' docstrings
+    (their --help) or the recipes' comments."""
+    pages = [REPO / p for p in USER_DOCS] + sorted((REPO / "tools").rglob("*.py")) + \
+        sorted((REPO / "plugins").rglob("*.py")) + sorted((REPO / "recipes").rglob("*.yaml")) + [REPO / "Makefile"]
+    found = [f"{p.relative_to(REPO)}:{n}: {line.strip()}" for p in pages
+             for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+             if re.search(r"\bissues?\s*#?\d+", line, re.I)]
+    assert not found, "issue numbers in user docs (say what is true now instead):\n" + "\n".join(found)
 
 
 def test_no_module_imports_the_cli():

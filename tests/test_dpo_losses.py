@@ -1,5 +1,11 @@
 """Every phase C loss against arithmetic written out by hand on three pairs."""
+import ast
 import math
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,3 +257,39 @@ def test_key_errors_name_only_the_plugins_keys():
         assert "askdraft_drop_fraction" in known and "axolotl_field" not in known
     # the merged class's own keys are never taken for typos
     merged(lora_dropout=0.05, axolotl_field_3=1)
+
+
+# ---------------------------------------------------------------- a self-contained plugin
+
+PLUGIN_DIR = Path(__file__).resolve().parent.parent / "plugins" / "askdraft_dpo"
+
+
+def test_plugin_imports_nothing_from_the_tools():
+    """The plugin can be dropped into another Axolotl setup: no module of it imports askdraft."""
+    for path in sorted(PLUGIN_DIR.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not [n for n in names if n.split(".")[0] == "askdraft"], (path.name, names)
+
+
+def test_tools_import_the_plugins_reader_without_axolotl():
+    """askdraft's readers share askdraft_dpo.rows; importing them must not load axolotl (seconds)."""
+    code = ("import sys, askdraft.records, askdraft.io, askdraft_dpo.rows as r; "
+            "assert 'axolotl' not in sys.modules and 'torch' not in sys.modules; "
+            "assert askdraft.io.InputError is r.InputError")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(PLUGIN_DIR.parent.parent / "tools"), str(PLUGIN_DIR.parent), os.environ.get("PYTHONPATH", "")])})
+
+
+def test_schedule_modes_are_the_losses_modes():
+    """One list of mode names: the schema's Literal and the loss's checks read args.MODES."""
+    from askdraft_dpo import args
+
+    assert typing.get_args(args.ScheduleEntry.model_fields["cal"].annotation) == args.MODES
+    assert typing.get_args(args.AskDraftDPOArgs.model_fields["askdraft_drop_score"].annotation) == args.DROP_SCORES
+    for cal in args.MODES:
+        for robust in args.MODES:
+            run(cal=cal, robust=robust)
+    with pytest.raises(ValueError, match="bad mode"):
+        run(cal="calibrated")

@@ -2,6 +2,7 @@
 compose: a variant never touches the default phase C's files, and `askdraft recipe --set`
 reaches into the datasets list."""
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,34 @@ def test_published_losses_profile_composes_and_validates():
     args = AskDraftDPOArgs(**{k: v for k, v in cfg.items() if k.startswith("askdraft_")})
     assert [(e.cal, e.robust) for e in args.askdraft_schedule] == [("none", "none"), ("published", "none"),
                                                                     ("none", "published")]
+    # the profile changes those two fields only: epochs and betas are the recipe's, written once
+    base = compose(REPO / "recipes/phase_c.yaml")["askdraft_schedule"]
+    assert [{k: v for k, v in e.items() if k not in ("cal", "robust")} for e in cfg["askdraft_schedule"]] == \
+        [{k: v for k, v in e.items() if k not in ("cal", "robust")} for e in base]
+
+
+def test_profile_dotted_key_errors_name_the_profile(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("askdraft_schedule.7.cal: published\n")
+    with pytest.raises(InputError, match=rf"{re.escape(str(bad))}: key askdraft_schedule.7.cal: askdraft_schedule "
+                                         "has no item '7'"):
+        compose(REPO / "recipes/phase_c.yaml", [bad])
+
+
+@pytest.mark.parametrize("profiles, loss, entry", [
+    ([], "robust", {"epochs": [1, 1], "beta": 0.10, "cal": "none", "robust": "seed"}),
+    ([], "cal", {"epochs": [1, 1], "beta": 0.10, "cal": "seed", "robust": "none"}),
+    ([], "plain", {"epochs": [1, 1], "beta": 0.10, "cal": "none", "robust": "none"}),
+    (["published-losses"], "robust", {"epochs": [1, 1], "beta": 0.10, "cal": "none", "robust": "published"}),
+])
+def test_sg_loop_takes_its_epoch_from_the_recipes_schedule(profiles, loss, entry):
+    sys.path.insert(0, str(REPO / "tools"))
+    from iterate_dpo import one_epoch_entry
+
+    cfg = compose(REPO / "recipes/phase_c.yaml", profiles)
+    assert one_epoch_entry(cfg["askdraft_schedule"], loss, "phase_c.yaml") == entry
+    with pytest.raises(InputError, match="no askdraft_schedule entry has cal on"):
+        one_epoch_entry([{"epochs": [1, 1], "beta": 0.1}], "cal", "phase_c.yaml")
 
 
 @pytest.mark.parametrize("override, msg", [
@@ -94,7 +123,7 @@ def test_judge_failure_exit_codes_in_the_makefile():
     assert "|| [ $? -eq 1 ]" in out and "|| true" not in line
 
 
-# ---------------------------------------------------------------- the Makefile itself (issue 15)
+# ---------------------------------------------------------------- the Makefile itself
 
 def makefile_text():
     return (REPO / "Makefile").read_text(encoding="utf-8")

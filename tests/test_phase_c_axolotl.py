@@ -140,6 +140,7 @@ GOOD_PAIR = {"prompt": "Question: Is it red?\nStudent draft: d\nFinal answer:", 
     ({**GOOD_PAIR, "chosen": None}, "field 'chosen' must be a string, got a JSON null"),
     ({**GOOD_PAIR, "rejected": " yes"}, "chosen and rejected are the same text"),
     ({**GOOD_PAIR, "prompt": "  "}, "empty field 'prompt'"),
+    ({**GOOD_PAIR, "rejected": " no\x00"}, r"field 'rejected' holds the control character U\+0000"),
     ("{\"prompt\": ", "malformed JSON"),
 ])
 def test_malformed_pairs_are_refused_when_the_recipe_loads(tiny_llama_dir, tmp_path, bad, msg):

@@ -1,4 +1,4 @@
-"""The validating readers (askdraft.records) and the bad-input defects of issue 16.
+"""The validating readers (askdraft.records) and the bad-input defects they catch.
 
 Property-based part: each reader gets random corruptions of a good file (hypothesis) and must
 raise an InputError whose message starts with "<file>:<line>: " for the corrupted line; the
@@ -57,6 +57,7 @@ NON_STRINGS = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans()
                         st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 BAD_LABELS = st.text(max_size=8).filter(lambda s: s.strip().lower() not in ("yes", "no"))
 INVALID_UTF8 = st.sampled_from([b"\xff", b"\xc0", b"\x80", b"\xed\xa0\x80", b"\xe2\x82"])
+CONTROL_CHARS = st.sampled_from(["\x00", "\x07", "\x0b", "\x1b", "\x1f", "\x7f", "\x85", "\x9f"])
 
 
 @st.composite
@@ -66,7 +67,7 @@ def corruption(draw, kind):
     rows = make()
     i = draw(st.integers(0, len(rows) - 1))
     how = draw(st.sampled_from(["truncate", "bytes", "drop", "type", "label", "not-object", "empty",
-                                "duplicate", "same-pair", "long-question"]))
+                                "duplicate", "same-pair", "long-question", "control", "question-newline"]))
     row = rows[i]
     if how == "truncate":
         text = json.dumps(row)
@@ -97,6 +98,13 @@ def corruption(draw, kind):
             rows[i]["draft" if kind == "drafts" else "teacher_cot"] = "something else"
     elif how == "same-pair":
         row["rejected"] = row["chosen"] if draw(st.booleans()) else row["chosen"].strip() + "  "
+    elif how == "control":  # in any text field, at any place (a NUL pasted into a question, ...)
+        field = draw(st.sampled_from(required + labels))
+        k = draw(st.integers(0, len(row[field])))
+        row[field] = row[field][:k] + draw(CONTROL_CHARS) + row[field][k:]
+        how = f"control:{field}"
+    elif how == "question-newline":  # a question is one line (a draft or a prompt may have several)
+        row["question"] = row["question"].replace(" ", draw(st.sampled_from(["\n", "\r\n", "\r"])), 1)
     elif how == "long-question":
         field = "question" if kind != "drafts" else None
         if field is None:  # drafts have no length limit: a non-string question instead
@@ -165,12 +173,18 @@ def test_cli_exits_2_with_file_and_line(data):
 
 def test_lines_split_on_newline_only_bom_and_crlf(tmp_path):
     rows = draft_rows()
-    rows[1]["draft"] = "first\u2028second\u2029third\u0085fourth\x1c"
+    rows[1]["draft"] = "first\u2028second\u2029third"
     path = tmp_path / "d.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows).encode())
     assert len(text_lines(path)) == 6
     got = records.read_drafts(path)
     assert got[1]["draft"] == rows[1]["draft"] and [r["_line"] for r in got] == list(range(1, 7))
+    # U+0085 and \x1c split lines for str.splitlines but not here; as control characters they are refused
+    rows[1]["draft"] = "third\u0085fourth\x1c"
+    path.write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    assert len(text_lines(path)) == 6
+    with pytest.raises(InputError, match=r"d\.jsonl:2: field 'draft' holds the control character U\+0085"):
+        records.read_drafts(path)
 
 
 def test_labels_accept_case_variants_and_exact_duplicates_merge(tmp_path):
@@ -207,11 +221,17 @@ def test_pairs_tool_checks_what_it_writes(tmp_path):
 
 # ---------------------------------------------------------------- drafts: resume
 
+def test_generated_drafts_lose_control_characters():
+    """A model can emit a NUL or ESC token: the drafts tool drops them, so its files read back."""
+    assert drafts.cut_drafts(["Is it\x00 red?\tYes.\x1b\nTentative answer: yes\nFinal answer: yes"]) == [
+        "Is it red?\tYes.\nTentative answer: yes"]
+
+
 def test_resume_keeps_drafts_with_unicode_line_separators(tmp_path):
     split = dump(tmp_path / "dev.jsonl", split_rows())
     rows = draft_rows()
     for r in rows:
-        r["draft"] = r["draft"].replace("\n", "\u2028") + "\u0085"
+        r["draft"] = r["draft"].replace("\n", "\u2028") + "\u2029"
     out = tmp_path / "drafts" / "dev.jsonl"
     out.parent.mkdir()
     partial = Path(f"{out}.partial")
@@ -280,6 +300,13 @@ def source(path, n=20, rows=None, suffix="\n"):
     (6, {"question": "Is it " + "very " * 4000 + "red?", "answer": "no", "rationale": "r"},
      "question is 20010 characters, over the limit of 1000"),
     (2, [1, 2], "expected a JSON object, got a JSON array"),
+    (7, {"question": "Is it\x00 red?", "answer": "no", "rationale": "r"}, r"field 'question' holds the control "
+     r"character U\+0000 at character 6"),
+    (8, {"question": "Is it red?", "answer": "no", "rationale": "Red\x1b[0m."}, "field 'rationale' holds the control "
+     r"character U\+001B"),
+    (9, {"question": "Is it\nred?", "answer": "no", "rationale": "r"}, r"field 'question' holds the control "
+     r"character U\+000A"),
+    (10, {"question": "Is it red?", "answer": "no\x07", "rationale": "r"}, r"field 'answer' holds the control"),
 ])
 def test_data_source_rows(tmp_path, line, bad, msg):
     rows = source(tmp_path / "src.jsonl")

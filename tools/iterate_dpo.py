@@ -14,10 +14,11 @@ Why merge: axolotl 0.19 does not load lora_model_dir for rl: dpo, so an adapter 
 continued; training a fresh adapter on the merged weights continues the same model, and the
 DPO reference (the adapter-disabled policy) is then the current model, the one that wrote the
 drafts, just as phase C's reference is phase B.
-The epoch's loss: beta 0.10 with the seed's Dr-DPO filter (--loss robust, the default): the
-pairs are the model's own drafts judged against noisy gold labels, and the filter drops the 15 %
-the model most strongly disputes; it is also the setting phase C's schedule ends on, so every
-round continues where phase C stopped. --loss cal (seed Cal-DPO) and --loss plain are offered.
+The epoch's loss is an entry of the recipe's own askdraft_schedule (profiles and --set applied):
+--loss robust (the default) its last entry, where phase C stops (the seed's: beta 0.10 with the
+Dr-DPO filter, which drops the 15 % of pairs the model most strongly disputes: the model's own
+drafts judged against noisy gold labels), so every round continues where phase C stopped;
+--loss cal its first entry with calibration on; --loss plain its last entry with both off.
 Every round's files are kept; a finished round (ROUND.json present) is skipped, and an unfinished
 one resumes: drafts continue from their .partial files, a finished merge is reused. Evaluate
 round k as pretrained=models/dpo_phaseC_sg/round_k/start,peft=models/dpo_phaseC_sg/round_k
@@ -37,12 +38,23 @@ import yaml
 from askdraft import REPO_ROOT, drafts, models, pairs
 from askdraft.io import InputError, atomic_open, write_json
 from askdraft.recipe import compose
+from askdraft_dpo.args import OFF
 
-LOSSES = {  # the single epoch's schedule entry
-    "robust": {"epochs": [1, 1], "beta": 0.10, "cal": "none", "robust": "seed"},
-    "cal": {"epochs": [1, 1], "beta": 0.10, "cal": "seed", "robust": "none"},
-    "plain": {"epochs": [1, 1], "beta": 0.10, "cal": "none", "robust": "none"},
-}
+LOSSES = ("robust", "cal", "plain")
+
+
+def one_epoch_entry(schedule, loss, recipe):
+    """The round's schedule entry (epochs [1, 1]) taken from the recipe's schedule (see the top)."""
+    if not schedule:
+        raise InputError(recipe, None, "the recipe has no askdraft_schedule")
+    entry = schedule[-1]
+    if loss == "cal":
+        entry = next((e for e in schedule if e.get("cal", OFF) != OFF), None)
+        if entry is None:
+            raise InputError(recipe, None, "--loss cal: no askdraft_schedule entry has cal on")
+    elif loss == "plain":
+        entry = {**entry, "cal": OFF, "robust": OFF}
+    return {**entry, "epochs": [1, 1]}
 
 
 def write_recipe(cfg, path, note):
@@ -80,6 +92,7 @@ def run_round(k, start, adapter, args):
         return out / "start", out
     t0 = time.time()
     cfg = compose(args.recipe, args.profile, args.set)
+    entry = one_epoch_entry(cfg.get("askdraft_schedule"), args.loss, args.recipe)
     print(f"round {k}: drafts by {start} + {adapter}")
     draft_counts = drafts.run(start, f"round_{k}", adapter, args.splits.split(","), args.data,
                               args.data_out, args.batch_size, args.limit, load_in_4bit=args.load_in_4bit,
@@ -91,13 +104,13 @@ def run_round(k, start, adapter, args):
     cfg["datasets"] = [{**cfg["datasets"][0], "path": str(data_dir / "pairs.jsonl")}]
     merge(cfg, start, adapter, out / "start", data_dir / "merge_lora.yaml")
     cfg.update(base_model=str(out / "start"), output_dir=str(out), num_epochs=1,
-               askdraft_schedule=[LOSSES[args.loss]],
+               askdraft_schedule=[entry],
                dataset_prepared_path=str(Path(".cache/axolotl_prepared/sg") / f"round_{k}"))
     write_recipe(cfg, data_dir / "phase_c.yaml", f"round {k}, one epoch on {data_dir / 'pairs.jsonl'}")
     axolotl("train", data_dir / "phase_c.yaml", "--launcher", "python")
     write_json(out / "ROUND.json", {
         "round": k, "drafted_by": {"start": str(start), "adapter": str(adapter)},
-        "start": str(out / "start"), "adapter": str(out), "loss": LOSSES[args.loss], "mode": args.mode,
+        "start": str(out / "start"), "adapter": str(out), "loss": entry, "mode": args.mode,
         "drafts": draft_counts, "pairs": {key: report[key] for key in
                                           ("pairs", "flipped", "flip_share", "unparsed_drafts", "dropped")},
         "recipe": str(data_dir / "phase_c.yaml"), "seconds": round(time.time() - t0, 1)})
@@ -121,7 +134,9 @@ def main(argv=None):
                         "num_epochs, askdraft_schedule, dataset_prepared_path)")
     p.add_argument("--mode", choices=pairs.ONE_DRAFT_MODES, default="draft",
                    help="pair mode (see askdraft pairs; quality pairs need two sampled draft sets)")
-    p.add_argument("--loss", choices=sorted(LOSSES), default="robust")
+    p.add_argument("--loss", choices=LOSSES, default="robust",
+                   help="the round's schedule entry, from the recipe's: robust its last, cal its first with "
+                        "calibration on, plain its last with calibration and robustness off")
     p.add_argument("--splits", default="train,dev")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=96)

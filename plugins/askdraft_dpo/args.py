@@ -1,9 +1,8 @@
 """Recipe keys of the askdraft_dpo plugin, merged by axolotl into its config schema.
 
-    askdraft_schedule:                 # one entry per block of epochs (1-based, inclusive)
-      - {epochs: [1, 1], beta: 0.05, cal: none, robust: none}
-      - {epochs: [2, 3], beta: 0.10, cal: seed, robust: none}
-      - {epochs: [4, 4], beta: 0.10, cal: none, robust: seed}
+    askdraft_schedule:                 # required: one entry per block of epochs (1-based, inclusive)
+      - {epochs: [1, 1], beta: 0.05, cal: none, robust: none}   # recipes/phase_c.yaml: the seed's
+      - ...
     askdraft_drop_fraction: 0.15       # seed Dr-DPO: share of pairs dropped per batch
     askdraft_drop_score: margin        # seed Dr-DPO: which pairs count as most disagreeing
     askdraft_dr_beta_prime: 1.0        # published Dr. DPO temperature beta'
@@ -27,7 +26,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Mode = Literal["none", "seed", "published"]
+# The names and defaults of the loss modes, here only: losses.py and the schema below read them.
+OFF = "none"
+MODES = (OFF, "seed", "published")           # each schedule entry's `cal` and `robust`
+DROP_SCORES = ("margin", "policy", "loss")   # askdraft_drop_score
+DROP_FRACTION, DROP_SCORE, DR_BETA_PRIME = 0.15, "margin", 1.0
+Mode = Literal[MODES]
 
 
 class ScheduleEntry(BaseModel):
@@ -35,9 +39,9 @@ class ScheduleEntry(BaseModel):
 
     epochs: tuple[int, int] = Field(description="[first, last]: the 1-based epochs this entry covers, inclusive")
     beta: float = Field(gt=0, description="DPO beta for these epochs")
-    cal: Mode = Field(default="none", description="calibration: none; seed (the detached batch mean of the "
+    cal: Mode = Field(default=OFF, description="calibration: none; seed (the detached batch mean of the "
                       "log-gap subtracted before the sigmoid); published (Cal-DPO, Xiao et al. 2024)")
-    robust: Mode = Field(default="none", description="robustness: none; seed (drop the askdraft_drop_fraction "
+    robust: Mode = Field(default=OFF, description="robustness: none; seed (drop the askdraft_drop_fraction "
                          "most disagreeing pairs); published (Dr. DPO, Wu et al. 2024)")
 
     @field_validator("epochs")
@@ -46,13 +50,6 @@ class ScheduleEntry(BaseModel):
         if v[0] < 1 or v[1] < v[0]:
             raise ValueError(f"epochs must be [first, last] with 1 <= first <= last, got {list(v)}")
         return v
-
-
-SEED_SCHEDULE = [
-    ScheduleEntry(epochs=(1, 1), beta=0.05),
-    ScheduleEntry(epochs=(2, 3), beta=0.10, cal="seed"),
-    ScheduleEntry(epochs=(4, 4), beta=0.10, robust="seed"),
-]
 
 
 def entry_for_epoch(schedule, epoch):
@@ -81,17 +78,16 @@ class AskDraftDPOArgs(BaseModel):
     """Mixed into axolotl's AxolotlInputConfig; the validators also see the other recipe keys."""
 
     askdraft_schedule: list[ScheduleEntry] | None = Field(
-        default=None, description="one entry per block of epochs, covering epochs 1, 2, ... without gaps; "
-        "unset: the seed's schedule (warm-up beta 0.05; epochs 2-3 beta 0.10 with cal: seed; epoch 4 "
-        "beta 0.10 with robust: seed). The last entry goes on past its epochs")
+        default=None, description="required: one entry per block of epochs, covering epochs 1, 2, ... without "
+        "gaps; the last entry goes on past its epochs. recipes/phase_c.yaml holds the seed's schedule")
     askdraft_drop_fraction: float = Field(
-        default=0.15, ge=0.0, lt=1.0, description="seed Dr-DPO: the share of each batch's pairs dropped from the loss")
-    askdraft_drop_score: Literal["margin", "policy", "loss"] = Field(
-        default="margin", description="seed Dr-DPO: which pairs are dropped: margin, the lowest reward margin "
+        default=DROP_FRACTION, ge=0.0, lt=1.0, description="seed Dr-DPO: the share of each batch's pairs dropped from the loss")
+    askdraft_drop_score: Literal[DROP_SCORES] = Field(
+        default=DROP_SCORE, description="seed Dr-DPO: which pairs are dropped: margin, the lowest reward margin "
         "beta*h (the policy, relative to the reference, prefers the rejected answer most); policy, the lowest "
         "log pi(chosen) - log pi(rejected); loss, the highest per-pair loss")
     askdraft_dr_beta_prime: float = Field(
-        default=1.0, gt=0.0, description="published Dr. DPO: the temperature beta' of "
+        default=DR_BETA_PRIME, gt=0.0, description="published Dr. DPO: the temperature beta' of "
         "-beta' log mean exp(-loss_i / beta')")
     askdraft_free_memory_each_step: bool = Field(
         default=True, description="keep Axolotl's gc.collect() + torch.cuda.empty_cache() after every "
@@ -144,13 +140,13 @@ class AskDraftDPOArgs(BaseModel):
         rl = getattr(self, "rl", None)
         if rl is not None and getattr(rl, "value", rl) != "dpo":
             raise ValueError(f"the askdraft_dpo plugin needs rl: dpo, got rl: {getattr(rl, 'value', rl)}")
-        schedule = self.askdraft_schedule or SEED_SCHEDULE
+        schedule = self.askdraft_schedule  # required where the plugin is listed (plugin.register)
         num_epochs = getattr(self, "num_epochs", None)
-        if num_epochs and schedule[-1].epochs[1] < math.ceil(num_epochs):
+        if schedule and num_epochs and schedule[-1].epochs[1] < math.ceil(num_epochs):
             raise ValueError(f"askdraft_schedule ends at epoch {schedule[-1].epochs[1]} "
                              f"but num_epochs is {num_epochs}")
         rl_beta = getattr(self, "rl_beta", None)
-        if rl_beta is not None and rl_beta != schedule[0].beta:
+        if schedule and rl_beta is not None and rl_beta != schedule[0].beta:
             raise ValueError(f"rl_beta {rl_beta} disagrees with askdraft_schedule (epoch 1 beta "
                              f"{schedule[0].beta}); the schedule sets beta, drop rl_beta")
         loss_type = getattr(self, "dpo_loss_type", None)

@@ -53,9 +53,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-CAL_MODES = ("none", "seed", "published")
-ROBUST_MODES = ("none", "seed", "published")
-DROP_SCORES = ("margin", "policy", "loss")
+from .args import DR_BETA_PRIME, DROP_FRACTION, DROP_SCORE, DROP_SCORES, MODES, OFF
+
 
 
 def dpo_per_pair(h, beta):
@@ -143,11 +142,11 @@ def askdraft_loss(
     ref_rejected_logps,
     *,
     beta,
-    cal="none",
-    robust="none",
-    drop_fraction=0.15,
-    drop_score="margin",
-    beta_prime=1.0,
+    cal=OFF,
+    robust=OFF,
+    drop_fraction=DROP_FRACTION,
+    drop_score=DROP_SCORE,
+    beta_prime=DR_BETA_PRIME,
     carry=0.0,
     pairs_before=None,
 ):
@@ -160,14 +159,14 @@ def askdraft_loss(
     stats: cal_shift (mean h subtracted; 0 unless cal == "seed"), pairs_dropped (seed Dr-DPO),
     and the usual reward statistics (beta * log-ratios, as TRL logs them).
     """
-    if cal not in CAL_MODES or robust not in ROBUST_MODES or drop_score not in DROP_SCORES:
+    if cal not in MODES or robust not in MODES or drop_score not in DROP_SCORES:
         raise ValueError(f"bad mode: cal={cal!r} robust={robust!r} drop_score={drop_score!r}")
     r_w = chosen_logps - ref_chosen_logps
     r_l = rejected_logps - ref_rejected_logps
     h = r_w - r_l
 
     shift = torch.zeros((), device=h.device)
-    if cal == "none":
+    if cal == OFF:
         per_pair = dpo_per_pair(h, beta)
     elif cal == "seed":
         per_pair, shift = seed_cal_per_pair(h, beta)
@@ -175,7 +174,7 @@ def askdraft_loss(
         per_pair = published_cal_per_pair(r_w, r_l, beta)
 
     dropped = 0
-    if robust == "none":
+    if robust == OFF:
         loss = per_pair.mean()
     elif robust == "seed":
         score = {"margin": -h, "policy": -(chosen_logps - rejected_logps), "loss": per_pair}[drop_score]

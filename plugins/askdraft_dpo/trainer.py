@@ -27,7 +27,7 @@ from trl.trainer.utils import selective_log_softmax
 
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 
-from .args import SEED_SCHEDULE, AskDraftDPOArgs, entry_for_epoch
+from .args import OFF, AskDraftDPOArgs, entry_for_epoch
 from .losses import askdraft_loss, length_normalized, rpo_nll
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
@@ -68,7 +68,7 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         }
         if bad := [k for k, v in unsupported.items() if v]:
             raise ValueError(f"askdraft_dpo computes its own loss and does not support DPO options {bad}")
-        self.cal, self.robust = "none", "none"
+        self.cal, self.robust = OFF, OFF
         self.schedule_epoch = 0
         # pairs of the global micro-batch order before this process's next training micro-batch
         # (every process advances it by world * n a micro-step), and this process's attention-mask
@@ -182,8 +182,10 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
 class ScheduleCallback(TrainerCallback):
     """At each epoch start, set beta / cal / robust of the trainer from the recipe's schedule."""
 
-    def __init__(self, trainer, schedule=None):
-        self.trainer, self.schedule = trainer, schedule or SEED_SCHEDULE
+    def __init__(self, trainer, schedule):
+        if not schedule:
+            raise ValueError("askdraft_dpo needs askdraft_schedule (recipes/phase_c.yaml holds the seed's)")
+        self.trainer, self.schedule = trainer, schedule
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         # state.epoch is the fraction of epochs done: whole at a boundary, e.g. 1.0 before epoch 2

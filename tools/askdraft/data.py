@@ -21,7 +21,7 @@ from pathlib import Path
 
 from askdraft import REPO_ROOT, templates
 from askdraft.download import CACHE, pypi_file
-from askdraft.io import BOM, InputError, json_lines, json_type, read_jsonl, sha256_file, write_json, write_jsonl
+from askdraft.io import BOM, InputError, check_text, json_lines, json_type, read_jsonl, sha256_file, write_json, write_jsonl
 from askdraft.records import check_question, read_split, string
 
 BIGBENCH = ("bigbench", "bigbench-1.0.0.tar.gz",
@@ -50,7 +50,8 @@ def norm_question(q):
 def _answer(value, path, line):
     if not isinstance(value, (str, bool)):
         raise InputError(path, line, f"label {value!r} is not yes/no (a JSON {json_type(value)})")
-    key = str(value).strip().lower().rstrip(".")
+    text = check_text(value, path, line, "answer") if isinstance(value, str) else str(value)
+    key = text.strip().lower().rstrip(".")
     if key not in ANSWER_WORDS:
         raise InputError(path, line, f"label {value!r} is not yes/no")
     return ANSWER_WORDS[key]
@@ -141,6 +142,7 @@ def load_bigbench_json(task, path):
         target = ex.get("target", "")
         if not isinstance(target, str):
             raise InputError(path, f"example {i}", f"target must be a string, got a JSON {json_type(target)}")
+        check_text(target, path, f"example {i}", "target")
         head, _, rationale = target.partition(".")
         if head.strip().lower() != answer:
             raise InputError(path, f"example {i}", f"target {target[:30]!r} disagrees with target_scores")
@@ -178,7 +180,7 @@ def load_hub():
     out = []
     for split in sorted(ds):
         for i, ex in enumerate(ds[split], 1):
-            target = ex["targets"][0]
+            target = check_text(ex["targets"][0], f"hub:{HUB_ID}/{split}", i, "targets")
             head, _, rationale = target.partition(".")
             out.append({"question": ex["inputs"].strip().removeprefix("Q:").strip().split("\n")[0],
                         "answer": _answer(head, f"hub:{HUB_ID}/{split}", i),
@@ -211,6 +213,8 @@ def load_decompositions(path=DECOMPOSITIONS):
         for k in ("decomposition", "facts"):
             if not isinstance(r[k], list) or not r[k] or not all(isinstance(x, str) and x.strip() for x in r[k]):
                 raise InputError(path, r["_line"], f"field '{k}' must be a non-empty list of non-empty strings")
+            for x in r[k]:
+                check_text(x, path, r["_line"], k)
         r["answer"] = _answer(r["answer"], path, r["_line"])
         out.setdefault(norm_question(r["question"]), r)
     return out

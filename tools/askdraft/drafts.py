@@ -20,6 +20,7 @@ from askdraft import models, templates
 from askdraft.data import FILES
 from askdraft.io import InputError, atomic_open, dumps, positive_int, write_json, write_jsonl
 from askdraft.records import DRAFT_FIELDS as FIELDS, read_drafts, read_split
+from askdraft_dpo.rows import CONTROL
 
 SPLITS = {"train": FILES["cot"], "dev": FILES["dev"], "val": FILES["val"]}
 
@@ -60,8 +61,9 @@ def generation_settings(tok, max_new_tokens, temperature, top_p):
 
 
 def cut_drafts(texts):
-    """Each generated text up to the stop string, stripped."""
-    return [t.split(templates.DRAFT_STOP)[0].strip() for t in texts]
+    """Each generated text up to the stop string, stripped, without control characters (a model can
+    emit a NUL or ESC byte token; every reader of a drafts file refuses them)."""
+    return [CONTROL.sub("", t.split(templates.DRAFT_STOP)[0]).strip() for t in texts]
 
 
 ENGINES = ("generate", "continuous")

@@ -1,5 +1,6 @@
 """`askdraft evaluate` runs lm-eval (its Python API) on one stage's model; `askdraft summarize`
-pools every stage's results into results/<model>/summary.json (the shape of issue 6).
+pools every stage's results into results/<model>/summary.json (stages, ablations, attribution,
+judge and provenance, as below).
 
 evaluate writes, per task, results/<model>/evals/<stage>.<task>.jsonl (one row per dev
 question: gold, prediction, correct 0/1, the model's scores) and <stage>.<task>.json (lm-eval's

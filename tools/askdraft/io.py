@@ -1,4 +1,7 @@
-"""JSONL reading with errors that name file and line, and atomic writes."""
+"""JSONL reading with errors that name file and line, and atomic writes.
+
+The line reader and InputError live in the phase C plugin (askdraft_dpo.rows, which validates
+its pairs files with them and needs nothing from these tools); they are re-exported here."""
 import contextlib
 import hashlib
 import json
@@ -6,78 +9,13 @@ import os
 import tempfile
 from pathlib import Path
 
-
-class InputError(ValueError):
-    """Bad input: the message names the file and, where there is one, the line."""
-
-    def __init__(self, path, line, msg):
-        self.path, self.line, self.msg = str(path), line, msg
-        where = f"{path}:{line}" if line else str(path)
-        super().__init__(f"{where}: {msg}")
-
-
-BOM = b"\xef\xbb\xbf"
-
-
-def text_lines(path):
-    """[(line number, text)] of a UTF-8 text file, split on "\n" only.
-
-    Not str.splitlines: that also breaks on U+2028, U+2029, U+0085 (and \x1c-\x1e), which
-    json.dumps(ensure_ascii=False) writes raw inside strings. A leading UTF-8 BOM is skipped
-    (as every common JSON reader does), a trailing "\r" dropped (CRLF files), and bytes that are
-    not UTF-8 are an error naming the line and column."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, None, "file not found")
-    data = path.read_bytes()
-    if data.startswith(BOM):
-        data = data[len(BOM):]
-    out = []
-    for n, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(path, n, f"not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
-        out.append((n, text.removesuffix("\r")))
-    if out and out[-1][1] == "" and data.endswith(b"\n"):
-        out.pop()  # the empty "line" after the final newline
-    return out
-
-
-def json_lines(path, torn_tail_ok=False):
-    """[(line number, object)] of a JSONL file; blank lines are skipped. Every object must be a
-    JSON object (dict). With torn_tail_ok, a malformed last line without its newline (a kill
-    mid-write) is dropped instead of being an error."""
-    path = Path(path)
-    lines = text_lines(path)
-    torn_possible = torn_tail_ok and not path.read_bytes().endswith(b"\n")
-    rows = []
-    for i, (n, raw) in enumerate(lines):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            if torn_possible and i == len(lines) - 1:
-                break
-            raise InputError(path, n, f"malformed JSON ({e.msg} at column {e.colno})") from None
-        except RecursionError:
-            raise InputError(path, n, "malformed JSON (nested too deeply)") from None
-        if not isinstance(row, dict):
-            raise InputError(path, n, f"expected a JSON object, got a JSON {json_type(row)}")
-        rows.append((n, row))
-    return rows
-
-
-def json_type(value):
-    """The JSON name of a parsed value's type, for messages."""
-    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number",
-            float: "number", type(None): "null"}.get(type(value), type(value).__name__)
+from askdraft_dpo.rows import BOM, InputError, check_text, json_lines, json_type, text_lines  # noqa: F401
 
 
 def read_jsonl(path, required=(), optional=(), allow_extra=False):
     """Rows of a JSONL file as dicts. Checks JSON syntax, required fields (non-empty strings
-    unless they are not strings) and, unless allow_extra, that no unknown field is present."""
+    without control characters, unless they are not strings) and, unless allow_extra, that no
+    unknown field is present."""
     path = Path(path)
     rows = []
     allowed = set(required) | set(optional)
@@ -88,6 +26,9 @@ def read_jsonl(path, required=(), optional=(), allow_extra=False):
         empty = [k for k in required if isinstance(row[k], str) and not row[k].strip()]
         if empty:
             raise InputError(path, n, f"empty field(s) {empty}")
+        for k in required:
+            if isinstance(row[k], str):
+                check_text(row[k], path, n, k)
         extra = sorted(set(row) - allowed)
         if extra and not allow_extra:
             raise InputError(path, n, f"unexpected field(s) {extra}; allowed: {sorted(allowed)}")

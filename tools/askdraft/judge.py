@@ -24,35 +24,26 @@ check, not a measurement of question quality).
 import contextlib
 import hashlib
 import json
-import os
 import random
-import socket
-import subprocess
+import re
 import sys
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import re
 
 import openai
 from tqdm import tqdm
 
 from askdraft import stats, templates
 from askdraft.io import InputError, positive_int, sha256_file, write_json, write_jsonl
+from askdraft.judge_server import PLACEHOLDER_KEY, JudgeError, api_key, served  # noqa: F401 (judge.X for users)
 from askdraft.records import drafts_by_question
 
 ORDERS = ("12", "21")            # "12": model 1's draft is A; "21": model 1's draft is B
-PLACEHOLDER_KEY = "no-key-needed"  # sent to servers that need no key (vLLM, transformers serve)
 RETRY_STATUS = {408, 409, 429}     # plus every 5xx
 MODES = ("json", "letter")
 LETTER_RE = re.compile(r"\b(A|B)\b")
-
-
-class JudgeError(RuntimeError):
-    """A configuration problem that stops the run before any call (e.g. no API key)."""
 
 
 # ---------------------------------------------------------------- inputs
@@ -306,50 +297,6 @@ def judge_files(drafts_1, drafts_2, out, judge, name_1, name_2, base_url, calls_
     write_jsonl(calls_out or out.with_suffix(".calls.jsonl"), calls)
     write_json(out, results)
     return results
-
-
-@contextlib.contextmanager
-def served(model_dir, log_path, startup_timeout=300):
-    """`transformers serve MODEL_DIR` on a free localhost port while the block runs; yields
-    its /v1 base URL. The server's output goes to log_path (quoted on a failed start)."""
-    if not (Path(model_dir) / "config.json").is_file():
-        raise InputError(model_dir, None, "model directory not found (no config.json)")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "transformers.cli.transformers", "serve", str(model_dir),
-                                 "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise JudgeError(f"transformers serve {model_dir} did not start; its log "
-                                         f"({log_path}):\n{Path(log_path).read_text()[-2000:]}") from None
-                    time.sleep(0.5)
-            yield f"http://127.0.0.1:{port}/v1"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def api_key(env_var=None, base_url=None):
-    """The key from the environment; a placeholder for a custom server when none is set."""
-    key = os.environ.get(env_var or "OPENAI_API_KEY")
-    if key:
-        return key
-    if env_var or base_url is None:
-        raise JudgeError(f"environment variable {env_var or 'OPENAI_API_KEY'} is not set "
-                         "(the judge's API key is read only from the environment)")
-    return PLACEHOLDER_KEY
 
 
 # ---------------------------------------------------------------- CLI

@@ -49,10 +49,14 @@ def load_yaml(path):
 
 
 def compose(recipe, profiles=(), overrides=()):
+    """The recipe with each profile's keys and then the key=value overrides applied. A profile key
+    is a recipe key (its value replaces the recipe's) or, like an override, a dotted path to one
+    field inside it: `askdraft_schedule.1.cal: published` changes that one field of entry 1."""
     cfg = load_yaml(recipe)
     for prof in profiles:
         path = Path(prof) if Path(prof).suffix else PROFILE_DIR / f"{prof}.yaml"
-        cfg.update(load_yaml(path))
+        for key, value in load_yaml(path).items():
+            set_key(cfg, str(key), value, path)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -61,18 +65,20 @@ def compose(recipe, profiles=(), overrides=()):
     return cfg
 
 
-def set_key(cfg, dotted, value):
-    """cfg[a][b]... = value for a dotted key; list items by index: `datasets.0.path=data/x.jsonl`."""
+def set_key(cfg, dotted, value, source=None):
+    """cfg[a][b]... = value for a dotted key; list items by index: `datasets.0.path=data/x.jsonl`.
+    source: the profile file the key comes from (errors name it), else the command line's --set."""
     parts = dotted.split(".")
     node = cfg
+    where_from, what = (source, f"key {dotted}") if source else ("<command line>", f"--set {dotted}")
     for i, part in enumerate(parts):
         where = ".".join(parts[:i]) or "the recipe"
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise InputError("<command line>", None, f"--set {dotted}: {where} has no item {part!r}")
+                raise InputError(where_from, None, f"{what}: {where} has no item {part!r}")
             part = int(part)
         elif not isinstance(node, dict):
-            raise InputError("<command line>", None, f"--set {dotted}: {where} is not a mapping or list")
+            raise InputError(where_from, None, f"{what}: {where} is not a mapping or list")
         if i == len(parts) - 1:
             node[part] = value
         else:

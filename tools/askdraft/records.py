@@ -9,11 +9,13 @@
 
 Every reader returns rows as dicts with their 1-based line number under "_line" and raises
 askdraft.io.InputError naming the file and the line (or only the file, for an empty file)
-for the first problem it finds. Lines are split on "\\n" only (never str.splitlines, which
-also breaks on U+2028/U+2029/U+0085 that json.dumps(ensure_ascii=False) writes raw); a leading
-UTF-8 BOM is accepted; bytes that are not UTF-8 are an error naming the line.
+for the first problem it finds. The line reading, the text checks (no control characters) and
+the pair rules are askdraft_dpo.rows, the phase C plugin's own reader, so `askdraft pairs` and the
+plugin check pairs by the same code.
 
 Choices (also in the docs):
+- Text fields hold no control characters (NUL, ESC, DEL, ...); tab, newline and carriage return
+  are whitespace in multi-line fields (drafts, rationales, prompts); a question is one line.
 - Split rows: `question` (a non-empty string of at most MAX_QUESTION_CHARS = 1000 characters) and
   `teacher_final` are required; `teacher_cot` is optional (required with cot=True) and must be
   a non-empty string when present. Any other field (e.g. `teacher_steps`, a list) is kept as
@@ -35,12 +37,14 @@ Choices (also in the docs):
   The same (prompt, chosen, rejected) twice is an error (it would train twice), not merged.
 - An empty file (no rows) is an error for every kind except a resume (.partial) file.
 """
-from askdraft.io import InputError, json_lines, json_type
+from askdraft_dpo import rows
+from askdraft_dpo.rows import PAIR_FIELDS, file_rows, string, unique_rows
+
+from askdraft.io import InputError, check_text, json_type
 
 ANSWERS = ("yes", "no")
 TENTATIVES = (*ANSWERS, "unparsed")
 PAIR_MODES = ("draft", "answer", "quality")
-PAIR_FIELDS = ("prompt", "chosen", "rejected")
 DRAFT_FIELDS = ("question", "draft", "tentative", "answer")
 # StrategyQA's longest question is 132 characters (bigbench); one 7x longer is a broken row (a
 # rationale pasted into the question, say), which phase A would otherwise train on unreported.
@@ -56,53 +60,19 @@ def label(value, path, line, field):
     """"yes" / "no" from a label, ignoring case and surrounding whitespace."""
     if not isinstance(value, str):
         raise InputError(path, line, f"field {field!r} must be the string yes or no, got a JSON {json_type(value)}")
-    key = value.strip().lower()
+    key = check_text(value, path, line, field).strip().lower()
     if key not in ANSWERS:
         raise InputError(path, line, f"{field} {value!r} is not yes/no")
     return key
 
 
-def string(row, field, path, line, *, required=True, empty_ok=False):
-    """row[field] checked to be a string (non-empty after strip unless empty_ok)."""
-    if field not in row:
-        if required:
-            raise InputError(path, line, f"missing field {field!r}")
-        return None
-    value = row[field]
-    if not isinstance(value, str):
-        raise InputError(path, line, f"field {field!r} must be a string, got a JSON {json_type(value)}")
-    if not empty_ok and not value.strip():
-        raise InputError(path, line, f"empty field {field!r}")
-    return value
-
-
 def check_question(q, path, line, field="question"):
+    """A question: one line, no control characters, at most MAX_QUESTION_CHARS characters."""
+    check_text(q, path, line, field, one_line=True)
     if len(q) > MAX_QUESTION_CHARS:
         raise InputError(path, line, f"{field} is {len(q)} characters, over the limit of {MAX_QUESTION_CHARS} "
                                      f"(a broken row? it starts {q[:60]!r})")
     return q
-
-
-def _rows(path, resume=False):
-    rows = json_lines(path, torn_tail_ok=resume)
-    if not rows and not resume:
-        raise InputError(path, None, "no rows (empty file)")
-    return rows
-
-
-def _unique_rows(path, check, key, what):
-    """Rows of `path`, each passed to check(row, n), with `_line`; two rows with one key(row) are
-    an error naming both lines."""
-    out, seen = [], {}
-    for n, row in _rows(path):
-        check(row, n)
-        k = key(row)
-        if k in seen:
-            raise InputError(path, n, f"duplicate {what} (first at line {seen[k]})")
-        seen[k] = n
-        row["_line"] = n
-        out.append(row)
-    return out
 
 
 # ---------------------------------------------------------------- split files
@@ -115,7 +85,7 @@ def read_split(path, *, cot=False):
             raise InputError(path, n, "missing field 'teacher_final'")
         row["teacher_final"] = label(row["teacher_final"], path, n, "teacher_final")
         string(row, "teacher_cot", path, n, required=cot)
-    return _unique_rows(path, check, lambda row: norm_question(row["question"]), "question")
+    return unique_rows(path, check, lambda row: norm_question(row["question"]), "question")
 
 
 def split_gold(path):
@@ -138,9 +108,9 @@ def read_drafts(path, *, gold=None, gold_path=None, unknown="error", resume=Fals
         raise ValueError(f"unknown={unknown!r}")
     hint = " (delete the file to regenerate)" if resume else ""
     out, first = [], {}
-    for n, row in _rows(path, resume):
+    for n, row in file_rows(path, resume):
         try:
-            q = string(row, "question", path, n)
+            q = string(row, "question", path, n, one_line=True)
             string(row, "draft", path, n, empty_ok=True)
             if resume:
                 missing = [k for k in DRAFT_FIELDS if k not in row]
@@ -181,14 +151,10 @@ def drafts_by_question(path, **kw):
 # ---------------------------------------------------------------- pairs
 
 def check_pair(row, path, line, fields=PAIR_FIELDS):
-    """One DPO pair; `fields` names the prompt / chosen / rejected fields (axolotl's
+    """One DPO pair: the plugin's text rules (askdraft_dpo.rows.check_pair) and the fields
+    `askdraft pairs` adds; `fields` names the prompt / chosen / rejected fields (axolotl's
     field_prompt / field_chosen / field_rejected)."""
-    prompt_f, chosen_f, rejected_f = fields
-    for f in fields:
-        string(row, f, path, line)
-    if row[chosen_f].strip() == row[rejected_f].strip():
-        raise InputError(path, line, f"{chosen_f} and {rejected_f} are the same text ({row[chosen_f][:60]!r}): "
-                                     "the pair teaches nothing")
+    rows.check_pair(row, path, line, fields)
     if "flipped" in row and not isinstance(row["flipped"], bool):
         raise InputError(path, line, f"field 'flipped' must be true or false, got {row['flipped']!r}")
     if "mode" in row and row["mode"] not in PAIR_MODES:
@@ -204,5 +170,4 @@ def check_pair(row, path, line, fields=PAIR_FIELDS):
 
 def read_pairs(path, *, fields=PAIR_FIELDS):
     """Rows of a pairs file, each checked by check_pair; the same pair twice is an error."""
-    return _unique_rows(path, lambda row, n: check_pair(row, path, n, fields),
-                        lambda row: tuple(row[f] for f in fields), "pair")
+    return rows.read_pairs(path, fields=fields, check=check_pair)
