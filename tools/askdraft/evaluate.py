@@ -31,6 +31,8 @@ NOCONCLUSION = "strategyqa_draft_noconclusion"  # own draft, tentative answer re
 ORACLE = {"teacher_noconclusion": "strategyqa_teacher_noconclusion", "teacher_gold": "strategyqa_teacher_gold",
           "teacher_flipped": "strategyqa_teacher_flipped", "teacher_shuffled": "strategyqa_teacher_shuffled",
           "empty": "strategyqa_emptydraft"}
+ANSWERED = {"answered_draft": "strategyqa_answered_draft", "answered_question": "strategyqa_answered_question",
+            "answered_gold": "strategyqa_answered_gold"}  # sub-questions answered from the BM25 fact store
 HEADLINE = ("strategyqa_draft", "strategyqa")  # a stage's accuracy: the first task it ran
 STAGE_ORDER = ("base", "A", "B", "C", "SG")
 STAGE_DIFFS = (("C", "A"), ("B", "A"))
@@ -197,6 +199,8 @@ def overrides(rows):
     tentative answer is wrong, the share answered right (overridden); of those whose tentative
     answer is right, the share kept right; and how often the final answer equals the tentative."""
     parsed = [r for r in rows if r.get("tentative") in ("yes", "no")]
+    if not parsed:  # no draft states a conclusion (e.g. the conclusion-free form): nothing to override
+        return None
     wrong = [r for r in parsed if r["tentative"] != r["answer"]]
     right = [r for r in parsed if r["tentative"] == r["answer"]]
     def share(rs, key):
