@@ -101,7 +101,7 @@ def test_pairs_answer_mode_works_draft_mode_says_why_not(questions_data, tmp_pat
     out, _ = questions_data
     gold = out / data.FILES["cot"]
     path = conclusion_free_drafts(tmp_path / "train.jsonl", gold)
-    with pytest.raises(InputError, match=r"train.jsonl:1: 30 draft\(s\) of the conclusion-free form .*use --mode answer"):
+    with pytest.raises(InputError, match=r"train.jsonl:1: 30 draft\(s\) of the conclusion-free form .*use --mode answer or quality"):
         pairs.build(path, gold, mode="draft")
     got, report = pairs.build(path, gold, mode="answer")
     assert len(got) == N_TRAIN and report["unparsed_drafts"] == 0 and report["no_conclusion_drafts"] == N_TRAIN

@@ -119,7 +119,8 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override (the loop's own keys win: base_model, output_dir, datasets, "
                         "num_epochs, askdraft_schedule, dataset_prepared_path)")
-    p.add_argument("--mode", choices=pairs.MODES, default="draft", help="pair mode (see askdraft pairs)")
+    p.add_argument("--mode", choices=pairs.ONE_DRAFT_MODES, default="draft",
+                   help="pair mode (see askdraft pairs; quality pairs need two sampled draft sets)")
     p.add_argument("--loss", choices=sorted(LOSSES), default="robust")
     p.add_argument("--splits", default="train,dev")
     p.add_argument("--batch-size", type=int, default=16)

@@ -12,6 +12,7 @@ def main(argv=None):
     for mod in (data, base_model, sft_data, recipe, drafts, pairs, evaluate, attribution, judge, report, kfold,
                 multi_gpu):
         mod.add_cli(sub)
+    from askdraft import quality; quality.add_cli(sub)  # noqa: E702
     return run(p.parse_args(argv))
 
 

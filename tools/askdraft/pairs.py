@@ -11,8 +11,19 @@ Every pair's prompt is the DPO template with the student's own draft,
                     the rejected side does not need the draft's conclusion, and the model
                     must still answer right after whatever draft it wrote. flipped marks
                     the pairs where the student was right, as in draft mode.
+  quality           the pair teaches the draft itself: prompt = the draft request
+                    ("Question: {q}\nDraft:"), chosen / rejected = " " + two drafts SAMPLED from
+                    phase B for the same training question (--drafts and --drafts-2, e.g.
+                    `askdraft drafts --temperature 0.8 --seed 2` and `--seed 3`), ordered by
+                    question quality (askdraft.quality: recall@k of the question's own gold facts
+                    found by the draft's sub-questions) over a fact store of the --gold split's
+                    questions only, so no dev fact is seen. Pairs whose recalls differ by less than
+                    --margin are dropped (ties and near-ties), as are identical drafts and
+                    questions missing from one file (counted). The default margin 0.2 is one gold
+                    fact of the largest StrategyQA questions (2-5 facts each): a pair is kept when
+                    one draft finds at least one more of its question's facts than the other.
 Conclusion-free drafts (tentative "none": `askdraft data --draft-form questions`) work in answer
-mode only; draft mode needs a conclusion to judge or flip, and stops with an error naming them.
+and quality modes; draft mode needs a conclusion to judge or flip, and stops with an error naming them.
 An empty draft is an input error (file and line) unless --allow-empty, which drops and counts
 it. With --tokenizer, pairs longer than --max-len tokens (prompt + the longer completion,
 no special tokens: phase C's sequence_len 256 less TRL's BOS and EOS) are dropped and counted.
@@ -24,11 +35,15 @@ from collections import Counter
 from pathlib import Path
 
 from askdraft import templates
-from askdraft.io import InputError, sha256_file, write_json, write_jsonl
+from askdraft.io import InputError, positive_int, sha256_file, write_json, write_jsonl
 from askdraft.records import check_pair, read_drafts, split_gold
 
-MODES = ("draft", "answer")
+MODES = ("draft", "answer", "quality")
+ONE_DRAFT_MODES = ("draft", "answer")  # the modes that build pairs from one drafts file (the SG loop's)
 DROP_REASONS = ("empty_draft", "unparsed", "too_long")
+QUALITY_DROPS = ("tie", "near_tie", "identical", "empty_draft", "only_in_one", "too_long")
+DEFAULT_MARGIN = 0.2
+EPS = 1e-9  # recall differences are fractions like 1/5: compare them to the margin with a tolerance
 
 
 def load_gold(path):
@@ -69,21 +84,31 @@ def pair_length(tok, pair):
     return n(pair["prompt"]) + max(n(pair["chosen"]), n(pair["rejected"]))
 
 
-def build(drafts_path, gold_path, mode="draft", tokenizer=None, max_len=254, allow_empty=False):
-    """(pairs, report) from a drafts file and its split file; raises InputError on bad input."""
+def load_tok(tokenizer):
+    if tokenizer is None:
+        return None
+    from askdraft.sft_data import load_tokenizer
+    return load_tokenizer(tokenizer)
+
+
+def build(drafts_path, gold_path, mode="draft", tokenizer=None, max_len=254, allow_empty=False, **quality):
+    """(pairs, report) from a drafts file and its split file; raises InputError on bad input.
+    quality mode: build_quality's keyword arguments (drafts_2, margin, k, decompositions)."""
     if mode not in MODES:
         raise InputError("--mode", None, f"mode {mode!r} is not one of {MODES}")
+    if mode == "quality":
+        return build_quality(drafts_path, gold_path, tokenizer=tokenizer, max_len=max_len,
+                             allow_empty=allow_empty, **quality)
+    if quality.get("drafts_2"):
+        raise InputError("--drafts-2", None, f"a second drafts file is for --mode quality, not {mode}")
     gold = load_gold(gold_path)
     rows = load_drafts(drafts_path, gold, gold_path, allow_empty)
     conclusion_free = [r for r in rows if r.get("tentative") == "none"]
     if mode == "draft" and conclusion_free:
         raise InputError(drafts_path, conclusion_free[0]["_line"],
                          f"{len(conclusion_free)} draft(s) of the conclusion-free form (tentative \"none\"): "
-                         "draft mode needs a tentative answer to judge or flip; use --mode answer")
-    tok = None
-    if tokenizer is not None:
-        from askdraft.sft_data import load_tokenizer
-        tok = load_tokenizer(tokenizer)
+                         "draft mode needs a tentative answer to judge or flip; use --mode answer or quality")
+    tok = load_tok(tokenizer)
     pairs, dropped, longest = [], Counter(), 0
     unparsed = sum(templates.parse_tentative(r["draft"]) is None for r in rows
                    if r["draft"].strip() and r.get("tentative") != "none")
@@ -120,6 +145,91 @@ def build(drafts_path, gold_path, mode="draft", tokenizer=None, max_len=254, all
     return pairs, report
 
 
+def quality_pair(question, gold, first, second, margin):
+    """(pair, None) or (None, drop reason) for two drafts of one question, each (draft, recall)."""
+    (d1, r1), (d2, r2) = first, second
+    if d1 == d2:
+        return None, "identical"
+    diff = r1 - r2
+    if abs(diff) < EPS:
+        return None, "tie"
+    if abs(diff) < margin - EPS:
+        return None, "near_tie"
+    (chosen, r_c), (rejected, r_r) = (first, second) if diff > 0 else (second, first)
+    return {"prompt": templates.draft_prompt(question), "chosen": " " + chosen, "rejected": " " + rejected,
+            "mode": "quality", "question": question, "gold": gold, "chosen_recall": round(r_c, 6),
+            "rejected_recall": round(r_r, 6), "chosen_from": 1 if diff > 0 else 2}, None
+
+
+def build_quality(drafts_path, gold_path, drafts_2=None, margin=DEFAULT_MARGIN, k=None, tokenizer=None,
+                  max_len=254, allow_empty=False, decompositions=None):
+    """(pairs, report) of quality mode (see the module docstring)."""
+    from askdraft import quality
+    from askdraft.retrieval import DEFAULT_K, FactStore
+
+    if not drafts_2:
+        raise InputError("--drafts-2", None, "quality mode needs a second sampled drafts file (--drafts-2)")
+    if not 0 <= margin <= 1:
+        raise InputError("--margin", None, f"must be between 0 and 1 (a recall difference), got {margin}")
+    k = DEFAULT_K if k is None else k
+    gold = load_gold(gold_path)
+    store = FactStore.for_split(gold_path, *([decompositions] if decompositions else []))
+    # empty drafts are dropped here, and counted, only with --allow-empty
+    rows_1 = load_drafts(drafts_path, gold, gold_path, allow_empty)
+    by_q_2 = {r["question"]: r for r in load_drafts(drafts_2, gold, gold_path, allow_empty)}
+    tok = load_tok(tokenizer)
+    pairs, dropped, longest, recalls = [], Counter(), 0, {1: [], 2: []}
+    questions_1 = set()
+    from tqdm import tqdm
+    for r in tqdm(rows_1, desc="quality pairs", unit="q", disable=len(rows_1) < 200):
+        q = r["question"]
+        questions_1.add(q)
+        if q not in by_q_2:
+            dropped["only_in_one"] += 1
+            continue
+        d1, d2 = r["draft"].strip(), by_q_2[q]["draft"].strip()
+        if not d1 or not d2:
+            dropped["empty_draft"] += 1
+            continue
+        s1, s2 = (quality.draft_recall(store, q, d, k)[0] for d in (d1, d2))
+        recalls[1].append(s1)
+        recalls[2].append(s2)
+        pair, reason = quality_pair(q, gold[q], (d1, s1), (d2, s2), margin)
+        if pair is not None and tok is not None:
+            length = pair_length(tok, pair)
+            longest = max(longest, length)
+            if length > max_len:
+                pair, reason = None, "too_long"
+        if pair is None:
+            dropped[reason] += 1
+            continue
+        pairs.append(pair)
+    dropped["only_in_one"] += sum(q not in questions_1 for q in by_q_2)
+    if not pairs:
+        raise InputError(drafts_path, None, f"no quality pairs left (dropped: {dict(dropped)})")
+    mean = lambda v: round(sum(v) / len(v), 4) if v else None  # noqa: E731
+    report = {
+        "mode": "quality",
+        "rule": {"order_by": f"recall@{k} of the question's own gold facts, the draft's sub-questions as queries",
+                 "k": k, "margin": margin, "dropped_when": "|recall difference| < margin (ties and near-ties), "
+                 "identical drafts, a question missing from one file, an empty draft (--allow-empty)",
+                 "store": store.describe()},
+        "drafts": str(drafts_path), "drafts_sha256": sha256_file(drafts_path),
+        "drafts_2": str(drafts_2), "drafts_2_sha256": sha256_file(drafts_2),
+        "gold": str(gold_path), "gold_sha256": sha256_file(gold_path),
+        "tokenizer": tokenizer and str(tokenizer), "max_len": max_len if tok else None,
+        "longest_pair_tokens": longest if tok else None,
+        "drafts_in": len(rows_1), "drafts_2_in": len(by_q_2), "questions_scored": len(recalls[1]),
+        "pairs": len(pairs), "chosen_from_drafts": sum(p["chosen_from"] == 1 for p in pairs),
+        "dropped": {k_: dropped[k_] for k_ in QUALITY_DROPS},
+        "mean_recall": {"drafts": mean(recalls[1]), "drafts_2": mean(recalls[2]),
+                        "better_of_two": mean([max(a, b) for a, b in zip(recalls[1], recalls[2])]),
+                        "chosen": mean([p["chosen_recall"] for p in pairs]),
+                        "rejected": mean([p["rejected_recall"] for p in pairs])},
+    }
+    return pairs, report
+
+
 def report_path(out):
     out = Path(out)
     return out.with_name(out.stem + ".report.json")
@@ -137,10 +247,19 @@ def write(pairs, report, out):
     write_json(report_path(out), {**report, "out": str(out), "out_sha256": sha256_file(out)})
 
 
-def run(drafts, gold, out, mode="draft", tokenizer=None, max_len=254, allow_empty=False):
-    pairs, report = build(drafts, gold, mode, tokenizer, max_len, allow_empty)
+def run(drafts, gold, out, mode="draft", tokenizer=None, max_len=254, allow_empty=False, **quality):
+    pairs, report = build(drafts, gold, mode, tokenizer, max_len, allow_empty, **quality)
     write(pairs, report, out)
     d = report["dropped"]
+    if mode == "quality":
+        m = report["mean_recall"]
+        print(f"{out}: {report['pairs']} quality pairs from {report['questions_scored']} questions with two drafts "
+              f"(margin {report['rule']['margin']}, recall@{report['rule']['k']}, store of "
+              f"{report['rule']['store']['n_facts']} training facts); mean recall {m['drafts']} / {m['drafts_2']}, "
+              f"chosen {m['chosen']} vs rejected {m['rejected']}; dropped: "
+              + ", ".join(f"{v} {k}" for k, v in d.items()))
+        print(f"report: {report_path(out)}")
+        return report
     print(f"{out}: {report['pairs']} pairs ({mode} mode) from {report['drafts_in']} drafts; "
           f"flipped {report['flipped']} ({report['flip_share']:.1%}); unparsed drafts "
           f"{report['unparsed_drafts']}; dropped: {d['unparsed']} unparsed, {d['empty_draft']} empty, "
@@ -150,7 +269,9 @@ def run(drafts, gold, out, mode="draft", tokenizer=None, max_len=254, allow_empt
 
 
 def cmd(args):
-    run(args.drafts, args.gold, args.out, args.mode, args.tokenizer, args.max_len, args.allow_empty)
+    run(args.drafts, args.gold, args.out, args.mode, args.tokenizer, args.max_len, args.allow_empty,
+        **({"drafts_2": args.drafts_2, "margin": args.margin, "k": args.k, "decompositions": args.decompositions}
+           if args.mode == "quality" or args.drafts_2 else {}))
 
 
 def add_arguments(p):
@@ -158,6 +279,11 @@ def add_arguments(p):
     p.add_argument("--gold", default="data/strategyqa_train_cot.jsonl",
                    help="the split file the drafts came from (question, teacher_final)")
     p.add_argument("--mode", choices=MODES, default="draft")
+    p.add_argument("--drafts-2", help="quality mode: a second drafts file sampled for the same questions")
+    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
+                   help="quality mode: the least recall difference a pair keeps (default 0.2: one gold fact)")
+    p.add_argument("--k", type=positive_int, help="quality mode: facts retrieved per question (default 5)")
+    p.add_argument("--decompositions", help="quality mode: StrategyQA facts (default data/strategyqa/decompositions.jsonl)")
     p.add_argument("--tokenizer", help="model dir whose tokenizer counts pair lengths (phase C's base)")
     p.add_argument("--max-len", type=int, default=254, help="phase C sequence_len - 2 (BOS + EOS)")
     p.add_argument("--allow-empty", action="store_true", help="drop empty drafts instead of failing")

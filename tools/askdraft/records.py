@@ -30,7 +30,7 @@ Choices (also in the docs):
   different draft or answer is an error naming both lines.
 - Pairs rows: `prompt`, `chosen`, `rejected` are required non-empty strings (not only
   whitespace) and chosen must differ from rejected (compared after stripping whitespace);
-  optional `flipped` (bool), `mode` (draft/answer), `question` (string), `gold` (a label),
+  optional `flipped` (bool), `mode` (draft/answer/quality), `question` (string), `gold` (a label),
   `student_tentative` (yes/no/unparsed/none) are checked when present; other fields are kept.
   The same (prompt, chosen, rejected) twice is an error (it would train twice), not merged.
 - An empty file (no rows) is an error for every kind except a resume (.partial) file.
@@ -40,7 +40,7 @@ from askdraft.io import InputError, json_lines, json_type
 ANSWERS = ("yes", "no")
 # "unparsed": the draft should state a tentative answer and does not; "none": its form states none
 TENTATIVES = (*ANSWERS, "unparsed", "none")
-PAIR_MODES = ("draft", "answer")
+PAIR_MODES = ("draft", "answer", "quality")
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 DRAFT_FIELDS = ("question", "draft", "tentative", "answer")
 # StrategyQA's longest question is 132 characters (bigbench); one 7x longer is a broken row (a

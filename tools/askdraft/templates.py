@@ -13,6 +13,8 @@ ANSWERS = ("yes", "no")
 # What the student writes at the end of its draft, and what ends a draft when generating.
 TENTATIVE_RE = re.compile(r"Tentative answer:\s*(yes|no)\b", re.IGNORECASE)
 DRAFT_STOP = "\nFinal answer:"
+# One line of the `steps` block of draft.jinja: "Q: sub-question" then " A: short answer" if any.
+STEP_RE = re.compile(r"^Q:\s*(.*?)(?:\s+A:(?:\s+(.*))?)?$")
 
 
 @functools.cache
@@ -78,6 +80,22 @@ def parse_tentative(draft):
     """The draft's tentative yes/no (its last one), or None if it states none."""
     found = TENTATIVE_RE.findall(draft or "")
     return found[-1].lower() if found else None
+
+
+def parse_steps(draft):
+    """[{q, a}] of a draft's "Q: ... A: ..." lines (the inverse of teacher_draft); a line
+    without " A:" gives a = "". Lines that are not steps (the tentative answer, noise) are skipped."""
+    steps = []
+    for line in (draft or "").split("\n"):
+        m = STEP_RE.match(line.strip())
+        if m and m.group(1).strip():
+            steps.append({"q": m.group(1).strip(), "a": (m.group(2) or "").strip()})
+    return steps
+
+
+def draft_questions(draft):
+    """The sub-questions a draft asks, in order."""
+    return [s["q"] for s in parse_steps(draft)]
 
 
 def strip_tentative(draft):
