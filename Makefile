@@ -74,7 +74,7 @@ JUDGE_LIMIT_smoke := 8
 JUDGE_LIMIT ?= $(or $(JUDGE_LIMIT_$(PROFILE)),50)
 # smoke: a 1-epoch, 64-row student rarely writes a parseable draft, and draft mode drops those
 PAIR_MODE_smoke := answer
-## DRAFT_FORM: tentative | questions (phase B's draft ends in a tentative answer, or is sub-questions and answers only; delete data/MANIFEST.json to change it)
+## DRAFT_FORM: tentative | questions (phase B's draft ends in a tentative answer, or is sub-questions and answers only; a new form needs a fresh data/)
 DRAFT_FORM ?= tentative
 ## PAIR_MODE: draft | answer (DPO pairs: the student's draft, or the final answers only; conclusion-free drafts: answer)
 PAIR_MODE ?= $(or $(PAIR_MODE_$(PROFILE)),$(if $(filter questions,$(DRAFT_FORM)),answer,draft))
@@ -175,7 +175,7 @@ $(BASE)/config.json: | $(SETUP)
 
 sft: data/sft/REPORT.json ## training rows rendered through prompt_templates/
 data/sft/REPORT.json: data/MANIFEST.json $(BASE)/config.json
-	$(ASKDRAFT) sft-data --base $(BASE) $(SFT_LIMIT)
+	$(ASKDRAFT) sft-data --base $(BASE) --draft-form $(DRAFT_FORM) $(SFT_LIMIT)
 
 phase-a: models/baseline_phaseA/adapter_model.safetensors ## A: baseline SFT, question -> yes/no
 models/baseline_phaseA/adapter_model.safetensors: data/sft/REPORT.json

@@ -55,7 +55,10 @@ def test_phase_b_rows_have_no_conclusion_and_end_in_the_gold_answer(questions_da
 
     from askdraft import REPO_ROOT
 
-    report = sft_data.build(out, smollm2_dir, tmp_path / "sft", max_len=512)
+    with pytest.raises(InputError, match="MANIFEST.json: the data's draft_form is 'questions', not 'tentative'"):
+        sft_data.build(out, smollm2_dir, tmp_path / "sft", expect_form="tentative")  # make's DRAFT_FORM guard
+    assert not (tmp_path / "sft").exists()
+    report = sft_data.build(out, smollm2_dir, tmp_path / "sft", max_len=512, expect_form="questions")
     assert report["draft_form"] == "questions" and report["phase_b_rows"] == N_TRAIN
     assert report["phase_b_rationales_shortened"] == 0
     tok = sft_data.load_tokenizer(smollm2_dir)

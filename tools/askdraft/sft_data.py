@@ -114,13 +114,17 @@ def phase_b_rows(path, tok, max_len, form="tentative"):
     return out, shortened, dropped
 
 
-def build(data_dir, base, out_dir=None, max_len=128, limit=None):
+def build(data_dir, base, out_dir=None, max_len=128, limit=None, expect_form=None):
+    """expect_form: the draft form the caller asks for; the data must have been built in it."""
     data_dir = Path(data_dir)
     out_dir = Path(out_dir or data_dir / "sft")
+    form = draft_form(data_dir)
+    if expect_form and form != expect_form:
+        raise InputError(data_dir / "MANIFEST.json", None, f"the data's draft_form is {form!r}, not {expect_form!r}: "
+                         f"rebuild it with `askdraft data --draft-form {expect_form}` (delete data/MANIFEST.json)")
     tok = load_tokenizer(base)
     for train in ("baseline", "cot"):  # both train files feed a phase
         check_no_leak(data_dir / FILES[train], data_dir / FILES["dev"])
-    form = draft_form(data_dir)
     a = phase_a_rows(data_dir / FILES["baseline"], tok)[:limit]
     b, shortened, dropped = phase_b_rows(data_dir / FILES["cot"], tok, max_len, form)
     b = b[:limit]
@@ -134,7 +138,7 @@ def build(data_dir, base, out_dir=None, max_len=128, limit=None):
 
 
 def cmd(args):
-    r = build(args.data, args.base, args.out, args.max_len, args.limit)
+    r = build(args.data, args.base, args.out, args.max_len, args.limit, args.draft_form)
     print(f"phase A: {r['phase_a_rows']} rows; phase B ({r['draft_form']} drafts): {r['phase_b_rows']} rows, "
           f"{r['phase_b_rationales_shortened']} rationales shortened to fit {r['max_len']} tokens, "
           f"{len(r['phase_b_dropped_lines'])} dropped (question alone too long)")
@@ -147,4 +151,6 @@ def add_cli(sub):
     p.add_argument("--out", help="default: DATA/sft")
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--limit", type=int, help="keep the first N rows (smoke runs)")
+    p.add_argument("--draft-form", choices=templates.DRAFT_FORMS,
+                   help="fail unless the data was built in this draft form (default: whatever MANIFEST.json says)")
     p.set_defaults(func=cmd)
