@@ -147,3 +147,19 @@ def test_answered_draft_task_needs_the_drafts_file(dev_inputs):
     tm = TaskManager(include_path=str(REPO_ROOT / "lm_eval_tasks"), metadata={"dev": str(dev_inputs / "dev.jsonl")})
     with pytest.raises(InputError, match="this task needs the drafts file"):
         get_task_dict(["strategyqa_answered_draft"], tm)
+
+
+def test_summary_block_pairs_the_answered_draft_with_no_draft_and_the_controls():
+    qs = [f"q{i}" for i in range(20)]
+    correct = {"strategyqa_answered_draft": [1] * 14 + [0] * 6, "strategyqa_answered_question": [1] * 10 + [0] * 10,
+               "strategyqa_answered_gold": [1] * 16 + [0] * 4, "strategyqa_nodraft": [0] * 9 + [1] * 11}
+    evals = {("B", t): ({}, dict(zip(qs, c))) for t, c in correct.items()}
+    evals["A", "strategyqa"] = ({}, dict(zip(qs, [1] * 20)))
+    block = answerer.summary(evals)
+    assert list(block) == ["B"]
+    b = block["B"]
+    assert b["answered_draft"]["accuracy"] == pytest.approx(0.7) and b["answered_gold"]["n"] == 20
+    assert b["answered_draft_minus_nodraft"]["diff"] == pytest.approx(0.7 - 0.55)
+    assert b["answered_draft_minus_answered_question"]["diff"] == pytest.approx(0.2)
+    assert b["answered_draft_minus_answered_gold"]["diff"] == pytest.approx(-0.1)
+    assert answerer.summary({("A", "strategyqa"): ({}, {"q": 1})}) is None

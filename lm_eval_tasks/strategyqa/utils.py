@@ -106,8 +106,8 @@ def answered_draft(dev=DEFAULT_DEV, drafts=None, queries="draft", answer_k=None,
     rows = _dev(dev)
     own = load_drafts(drafts, rows) if queries == "draft" else [None] * len(rows)
     store = answerer.fact_store(Path(decompositions) if decompositions else DECOMPOSITIONS)
-    answered = answerer.answered_drafts(store, [{**r, "answer": r["teacher_final"], "draft": d} for r, d in zip(rows, own)],
-                                        queries, int(answer_k or answerer.DEFAULT_K), dev)
+    asked = [{**r, "answer": r["teacher_final"], "draft": d} for r, d in zip(rows, own)]
+    answered = answerer.answered_drafts(store, asked, queries, int(answer_k or answerer.DEFAULT_K), dev)
     return _dataset(rows, [a["draft"] for a in answered])
 
 

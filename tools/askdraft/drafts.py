@@ -7,9 +7,10 @@ continues it (batched, left-padded, greedy unless --temperature > 0) and stops a
 "yes" / "no" / "unparsed" and answer the gold teacher_final. An empty draft is kept as ""
 (tentative "unparsed") and counted. In the conclusion-free draft form (`--draft-form questions`,
 by default the data's MANIFEST.json `draft_form`) a draft that states no tentative answer is
-what the student was taught: tentative "none", counted as no_conclusion, never as unparsed. --engine continuous generates through transformers'
-continuous batching instead (a paged KV cache of --cache-tokens tokens, no padding): the same
-greedy drafts, cut at the stop string after generation.
+what the student was taught: tentative "none", counted as no_conclusion, never as unparsed.
+--engine continuous generates through transformers' continuous batching instead (a paged KV
+cache of --cache-tokens tokens, no padding): the same greedy drafts, cut at the stop string
+after generation.
 
 Resumable: each finished batch is appended (and flushed) to <split>.jsonl.partial; a restart
 keeps those rows and generates only the rest; the final file is renamed into place at the end,

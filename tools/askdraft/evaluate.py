@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from askdraft import REPO_ROOT, git_commit, models, stats
+from askdraft import REPO_ROOT, answerer, git_commit, models, stats
 from askdraft.io import InputError, positive_int, read_jsonl, sha256_file, write_json, write_jsonl
 from askdraft.records import read_split
 
@@ -322,6 +322,7 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
         "stages": {s: acc_entry(c) for s, c in stages.items()},
         "ablations": abl,
         "oracle": oracle,
+        "answered": answerer.summary(evals),  # the fact-store tasks: own draft vs no draft and the controls
         "ties": ties,
         "attribution_draft_share": {w: attribution_share(attribution_dir / f"{w}.json", root)
                                     for w in ("before_dpo", "after_dpo")},
