@@ -76,8 +76,15 @@ JUDGE_LIMIT ?= $(or $(JUDGE_LIMIT_$(PROFILE)),50)
 PAIR_MODE_smoke := answer
 ## DRAFT_FORM: tentative | questions (phase B's draft ends in a tentative answer, or is sub-questions and answers only; a new form needs a fresh data/)
 DRAFT_FORM ?= tentative
-## PAIR_MODE: draft | answer (DPO pairs: the student's draft, or the final answers only; conclusion-free drafts: answer)
+## PAIR_MODE: draft | answer | quality (DPO pairs: the student's draft, the final answers only, or two sampled drafts ordered by question quality; DRAFT_FORM=questions: answer by default)
 PAIR_MODE ?= $(or $(PAIR_MODE_$(PROFILE)),$(if $(filter questions,$(DRAFT_FORM)),answer,draft))
+## SAMPLE_TEMPERATURE: PAIR_MODE=quality: temperature of phase B's two sampled train-draft sets (seeds 2 and 3)
+SAMPLE_TEMPERATURE ?= 0.8
+## QUALITY_MARGIN: PAIR_MODE=quality: the least recall@5 difference between the two drafts a pair keeps
+QUALITY_MARGIN ?= 0.2
+SAMPLED_DRAFTS = $(call drafts_of,cot_phaseB_sampled_s$(1))
+PAIR_INPUTS := $(if $(filter quality,$(PAIR_MODE)),$(call SAMPLED_DRAFTS,2)/REPORT.json $(call SAMPLED_DRAFTS,3)/REPORT.json,$(B_DRAFTS)/REPORT.json)
+PAIR_DRAFTS := $(if $(filter quality,$(PAIR_MODE)),--drafts $(call SAMPLED_DRAFTS,2)/train.jsonl --drafts-2 $(call SAMPLED_DRAFTS,3)/train.jsonl --margin $(QUALITY_MARGIN),--drafts $(B_DRAFTS)/train.jsonl)
 ## SG_ROUNDS: rounds of the self-guided loop (make sg)
 SG_ROUNDS ?= 1
 # generation and scoring batches: a decode step of a small model costs about the same at 16 or
@@ -138,7 +145,7 @@ PACK_ROWS ?= $(PACK_ROWS_$(PROFILE))
 PACK = $(if $(and $(PACK_ROWS),$(filter phase_a phase_b,$(1))), --pack-rows $(PACK_ROWS),)
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2)$(PACK) $(3) -o $(RUNS)/$(1)$(4).yaml
 
-.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi multi-gpu-bench speed-study clean-runs help
+.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts drafts-sampled pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi multi-gpu-bench speed-study clean-runs help
 # `make help`: each `target: ... ## text` line, then each `## VAR: text` line with VAR's value here
 HELP_VARS = $(shell sed -n 's/^## \([A-Z_]*\): .*/\1/p' $(THIS_MAKEFILE))
 help: ## this list: the targets, then the variables (make TARGET VAR=value) and their values here
@@ -197,9 +204,14 @@ drafts: $(B_DRAFTS)/REPORT.json ## phase B's drafts for train + dev
 $(B_DRAFTS)/REPORT.json: $(MERGED)/config.json
 	$(ASKDRAFT) drafts --base $(MERGED) --name cot_phaseB --out-root $(DRAFTS_ROOT) --batch-size $(DRAFT_BATCH) $(DRAFT_GEN)
 
+drafts-sampled: $(call SAMPLED_DRAFTS,2)/REPORT.json $(call SAMPLED_DRAFTS,3)/REPORT.json ## two sampled sets of phase B's train drafts (PAIR_MODE=quality)
+$(call SAMPLED_DRAFTS,%)/REPORT.json: $(MERGED)/config.json
+	$(ASKDRAFT) drafts --base $(MERGED) --name cot_phaseB_sampled_s$* --out-root $(DRAFTS_ROOT) --splits train \
+	  --temperature $(SAMPLE_TEMPERATURE) --seed $* --batch-size $(DRAFT_BATCH) $(DRAFT_GEN)
+
 pairs: $(PAIRS) ## DPO pairs (PAIR_MODE) from B's train drafts
-$(PAIRS): $(B_DRAFTS)/REPORT.json
-	$(ASKDRAFT) pairs --mode $(PAIR_MODE) --drafts $(B_DRAFTS)/train.jsonl \
+$(PAIRS): $(PAIR_INPUTS)
+	$(ASKDRAFT) pairs --mode $(PAIR_MODE) $(PAIR_DRAFTS) \
 	  --gold data/strategyqa_train_cot.jsonl --tokenizer $(MERGED) --allow-empty -o $@
 
 phase-c: $(DPO)/adapter_model.safetensors ## C: DPO with the plugin's schedule on merged B

@@ -57,6 +57,8 @@ README_COMMANDS = {
     "askdraft data --teacher explanation": "tests/test_data.py::test_embedded_split_has_question_drafts_from_decompositions "
                                            "(teacher='explanation'); tests/test_records.py (the CLI flag)",
     "askdraft <command>": "tests/test_attribution.py::test_subcommand_registers",
+    "askdraft question-quality": "tests/test_quality.py::test_question_quality_cli_end_to_end",
+    "make pairs": "tests/test_quality.py::test_makefile_plans_quality_pairs",
 }
 COMMAND = re.compile(r"^(make|axolotl|lm_eval|askdraft|python) ")
 

@@ -1,8 +1,8 @@
 """`askdraft pairs` (also tools/build_dpo_pairs.py): student drafts + gold answers -> DPO pairs.
 
-Every pair's prompt is the DPO template with the student's own draft,
+In draft and answer modes a pair's prompt is the DPO template with the student's own draft,
 "Question: {q} Student draft: {draft}\\nFinal answer:", and chosen is the gold answer
-(" yes" / " no"). The rejected side depends on --mode:
+(" yes" / " no"); quality mode pairs two drafts instead. The rejected side depends on --mode:
   draft  (default)  " " + the draft itself when its tentative answer is wrong, or, when the
                     student was already right, " " + the same draft with its conclusion
                     flipped (flipped: true). A draft without a tentative answer ("unparsed")
@@ -283,7 +283,8 @@ def add_arguments(p):
     p.add_argument("--margin", type=float, default=DEFAULT_MARGIN,
                    help="quality mode: the least recall difference a pair keeps (default 0.2: one gold fact)")
     p.add_argument("--k", type=positive_int, help="quality mode: facts retrieved per question (default 5)")
-    p.add_argument("--decompositions", help="quality mode: StrategyQA facts (default data/strategyqa/decompositions.jsonl)")
+    p.add_argument("--decompositions",
+                   help="quality mode: StrategyQA facts (default data/strategyqa/decompositions.jsonl)")
     p.add_argument("--tokenizer", help="model dir whose tokenizer counts pair lengths (phase C's base)")
     p.add_argument("--max-len", type=int, default=254, help="phase C sequence_len - 2 (BOS + EOS)")
     p.add_argument("--allow-empty", action="store_true", help="drop empty drafts instead of failing")
