@@ -74,8 +74,10 @@ JUDGE_LIMIT_smoke := 8
 JUDGE_LIMIT ?= $(or $(JUDGE_LIMIT_$(PROFILE)),50)
 # smoke: a 1-epoch, 64-row student rarely writes a parseable draft, and draft mode drops those
 PAIR_MODE_smoke := answer
-## PAIR_MODE: draft | answer | quality (DPO pairs: the student's draft, the final answers only, or two sampled drafts ordered by question quality)
-PAIR_MODE ?= $(or $(PAIR_MODE_$(PROFILE)),draft)
+## DRAFT_FORM: tentative | questions (phase B's draft ends in a tentative answer, or is sub-questions and answers only; a new form needs a fresh data/)
+DRAFT_FORM ?= tentative
+## PAIR_MODE: draft | answer | quality (DPO pairs: the student's draft, the final answers only, or two sampled drafts ordered by question quality; DRAFT_FORM=questions: answer by default)
+PAIR_MODE ?= $(or $(PAIR_MODE_$(PROFILE)),$(if $(filter questions,$(DRAFT_FORM)),answer,draft))
 ## SAMPLE_TEMPERATURE: PAIR_MODE=quality: temperature of phase B's two sampled train-draft sets (seeds 2 and 3)
 SAMPLE_TEMPERATURE ?= 0.8
 ## QUALITY_MARGIN: PAIR_MODE=quality: the least recall@5 difference between the two drafts a pair keeps
@@ -171,7 +173,7 @@ test-fast: setup ## the suite without the end-to-end (slow) tests
 
 data: data/MANIFEST.json ## StrategyQA -> 2000 train / 289 dev, stratified, leak-free
 data/MANIFEST.json: | $(SETUP)
-	$(ASKDRAFT) data
+	$(ASKDRAFT) data --draft-form $(DRAFT_FORM)
 
 base: $(BASE)/config.json ## the base model dir models/base/BASE_NAME/ from BASE_SRC
 $(BASE)/config.json: | $(SETUP)
@@ -180,7 +182,7 @@ $(BASE)/config.json: | $(SETUP)
 
 sft: data/sft/REPORT.json ## training rows rendered through prompt_templates/
 data/sft/REPORT.json: data/MANIFEST.json $(BASE)/config.json
-	$(ASKDRAFT) sft-data --base $(BASE) $(SFT_LIMIT)
+	$(ASKDRAFT) sft-data --base $(BASE) --draft-form $(DRAFT_FORM) $(SFT_LIMIT)
 
 phase-a: models/baseline_phaseA/adapter_model.safetensors ## A: baseline SFT, question -> yes/no
 models/baseline_phaseA/adapter_model.safetensors: data/sft/REPORT.json
@@ -248,15 +250,17 @@ results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json: $(DPO)/adapter_model.sa
 ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft,strategyqa_draft_noconclusion
 # the oracle ladder on phase B (teacher drafts with no / gold / flipped conclusion, shuffled, empty)
 ORACLE_TASKS := strategyqa_teacher_noconclusion,strategyqa_teacher_gold,strategyqa_teacher_flipped,strategyqa_teacher_shuffled,strategyqa_emptydraft
+# the draft's sub-questions answered from the BM25 store of StrategyQA facts; controls: the question alone, the gold decomposition
+ANSWERED_TASKS := strategyqa_answered_draft,strategyqa_answered_question,strategyqa_answered_gold
 EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --batch-size $(EVAL_BATCH) $(EVAL_LIMIT)
 eval: $(RESULTS)/evals/.done ## lm-eval of base, A, B, C with the draft ablations
 $(RESULTS)/evals/.done: $(C_DRAFTS)/REPORT.json
 	$(EVAL) --stage base --base $(BASE) --tasks strategyqa
 	$(EVAL) --stage A --base $(BASE) --adapter models/baseline_phaseA --tasks strategyqa
 	$(EVAL) --stage B --base $(BASE) --adapter models/cot_phaseB --drafts $(B_DRAFTS)/dev.jsonl \
-	  --tasks strategyqa,$(COT_TASK)$(ABLATION_TASKS),$(ORACLE_TASKS)
+	  --tasks strategyqa,$(COT_TASK)$(ABLATION_TASKS),$(ORACLE_TASKS),$(ANSWERED_TASKS)
 	$(EVAL) --stage C --base $(MERGED) --adapter $(DPO) --drafts $(C_DRAFTS)/dev.jsonl \
-	  --tasks strategyqa,$(ABLATION_TASKS)
+	  --tasks strategyqa,$(ABLATION_TASKS),$(ANSWERED_TASKS)
 	touch $@
 
 attribution: $(RESULTS)/attribution/after_dpo.json ## Integrated Gradients share on the draft, before and after DPO

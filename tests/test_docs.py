@@ -44,6 +44,7 @@ README_COMMANDS = {
     "askdraft drafts": "tests/test_drafts_pairs.py::test_drafts_generate_resume_and_skip",
     "askdraft pairs": "tests/test_drafts_pairs.py::test_pairs_flip_rule",
     "axolotl merge-lora": "tests/test_iterate_dpo.py::test_one_sg_round (merge-lora of an adapter)",
+    "askdraft answer-drafts": "tests/test_answerer.py::test_answer_drafts_command_writes_rows_and_report",
     "make sg": "tests/test_iterate_dpo.py::test_one_sg_round; tests/test_makefile.py::test_variant_reaches_sg_and_multi_gpu",
     "make eval attribution judge": "tests/test_evaluate.py::test_evaluate_per_question_files_match_lm_eval_cli, "
                                    "tests/test_attribution.py::test_cli_end_to_end, "

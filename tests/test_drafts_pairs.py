@@ -70,7 +70,7 @@ def test_draft_rows_and_counts():
             drafts.draft_row("c", "no conclusion", "no"),
             drafts.draft_row("d", "", "no")]
     assert [r["tentative"] for r in rows] == ["yes", "no", "unparsed", "unparsed"]
-    assert drafts.counts(rows) == {"n": 4, "unparsed": 2, "empty": 1, "tentative_accuracy": 0.25}
+    assert drafts.counts(rows) == {"n": 4, "unparsed": 2, "no_conclusion": 0, "empty": 1, "tentative_accuracy": 0.25}
 
 
 def test_drafts_errors(tiny_llama_dir, tmp_path):

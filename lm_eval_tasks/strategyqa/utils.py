@@ -1,5 +1,6 @@
 """Datasets for the strategyqa* tasks: dev rows with the prompt rendered from prompt_templates/."""
 import random
+from pathlib import Path
 
 import datasets
 
@@ -92,6 +93,22 @@ def shuffled_draft(dev=DEFAULT_DEV, drafts=None, shuffle_seed=1234, **_):
     own = load_drafts(drafts, rows)
     perm = derangement(len(rows), shuffle_seed)
     return _dataset(rows, [own[j] for j in perm])
+
+
+def answered_draft(dev=DEFAULT_DEV, drafts=None, queries="draft", answer_k=None, decompositions=None, **_):
+    """A draft whose sub-questions are answered from the BM25 fact store (askdraft.answerer, the
+    same function as `askdraft answer-drafts`): queries "draft" (the model's own sub-questions,
+    needs `drafts`), "question" (the question alone) or "gold_decomposition". The store holds
+    every question's own facts (open book)."""
+    from askdraft import answerer
+    from askdraft.data import DECOMPOSITIONS
+
+    rows = _dev(dev)
+    own = load_drafts(drafts, rows) if queries == "draft" else [None] * len(rows)
+    store = answerer.fact_store(Path(decompositions) if decompositions else DECOMPOSITIONS)
+    asked = [{**r, "answer": r["teacher_final"], "draft": d} for r, d in zip(rows, own)]
+    answered = answerer.answered_drafts(store, asked, queries, int(answer_k or answerer.DEFAULT_K), dev)
+    return _dataset(rows, [a["draft"] for a in answered])
 
 
 def draft_request(dev=DEFAULT_DEV, **_):

@@ -13,6 +13,7 @@ def main(argv=None):
                 multi_gpu):
         mod.add_cli(sub)
     from askdraft import quality; quality.add_cli(sub)  # noqa: E702
+    from askdraft import answerer; answerer.add_cli(sub)  # noqa: E702
     return run(p.parse_args(argv))
 
 

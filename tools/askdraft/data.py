@@ -12,6 +12,8 @@ data/strategyqa/decompositions.jsonl: each sub-question with its short answer fr
 bigbench's one-line explanation. `--folds K --fold F` makes fold F of a stratified K-fold split
 the dev file (the rest is train); `--val-frac` carves a stratified validation file from train
 (strategyqa_val.jsonl) that no training stage reads, for choosing settings honestly.
+`--draft-form questions` (MANIFEST.json `draft_form`, read by sft-data and drafts) teaches drafts
+with no "Tentative answer:" (sub-questions and answers; the final answer is trained on gold).
 """
 import json
 import random
@@ -298,9 +300,23 @@ def carve_val(train, frac, seed):
     return split(train, len(train) - max(1, round(frac * len(train))), seed + 1)
 
 
+def draft_form(data_dir):
+    """MANIFEST.json's `draft_form` in `data_dir`; "tentative" without a manifest or the field."""
+    manifest = Path(data_dir) / "MANIFEST.json"
+    if not manifest.is_file():
+        return "tentative"
+    _, doc = read_json_document(manifest)
+    form = doc.get("draft_form", "tentative") if isinstance(doc, dict) else None
+    if form not in templates.DRAFT_FORMS:
+        raise InputError(manifest, None, f"draft_form {form!r} is not one of {list(templates.DRAFT_FORMS)}")
+    return form
+
+
 def build(out_dir, source=None, n_train=2000, seed=1234, hub=True, teacher="decomposition",
-          decompositions=DECOMPOSITIONS, folds=None, fold=None, val_frac=0.0):
+          decompositions=DECOMPOSITIONS, folds=None, fold=None, val_frac=0.0, draft_form="tentative"):
     out_dir = Path(out_dir)
+    if draft_form not in templates.DRAFT_FORMS:
+        raise InputError("--draft-form", None, f"unknown draft form {draft_form!r}; choose from {list(templates.DRAFT_FORMS)}")
     if teacher not in TEACHERS:
         raise InputError("--teacher", None, f"unknown teacher {teacher!r}; choose from {list(TEACHERS)}")
     if source:
@@ -346,7 +362,7 @@ def build(out_dir, source=None, n_train=2000, seed=1234, hub=True, teacher="deco
     if val:
         write_jsonl(out_dir / FILES["val"], [cot(r) for r in val])
     manifest = {"source": origin, "seed": seed, "n_source": len(records) + merged,
-                "exact_duplicates_merged": merged, "teacher": teacher,
+                "exact_duplicates_merged": merged, "teacher": teacher, "draft_form": draft_form,
                 "decompositions": str(decompositions) if teacher == "decomposition" else None,
                 "decompositions_sha256": sha256_file(decompositions) if teacher == "decomposition" else None,
                 "folds": folds, "fold": fold, "val_frac": val_frac, "splits": {}}
@@ -360,9 +376,10 @@ def build(out_dir, source=None, n_train=2000, seed=1234, hub=True, teacher="deco
 
 def cmd(args):
     m = build(args.out, source=args.source, n_train=args.n_train, seed=args.seed, hub=not args.no_hub,
-              teacher=args.teacher, folds=args.folds, fold=args.fold, val_frac=args.val_frac)
+              teacher=args.teacher, folds=args.folds, fold=args.fold, val_frac=args.val_frac,
+              draft_form=args.draft_form)
     print(f"source: {m['source']} ({m['n_source']} rows, {m['exact_duplicates_merged']} exact duplicates merged); "
-          f"teacher: {m['teacher']}" + (f"; fold {m['fold']} of {m['folds']}" if m["folds"] else ""))
+          f"teacher: {m['teacher']}; draft form: {m['draft_form']}" + (f"; fold {m['fold']} of {m['folds']}" if m["folds"] else ""))
     for name, s in m["splits"].items():
         print(f"{name:36s} {s['rows']:5d} rows  yes {s['yes']:5d} ({100 * s['yes_share']:.1f} %)  sha256 {s['sha256'][:12]}")
 
@@ -377,6 +394,8 @@ def add_cli(sub):
     p.add_argument("--teacher", choices=TEACHERS, default="decomposition",
                    help="teacher draft: StrategyQA's sub-questions with answers from its facts (default), "
                         "or bigbench's one-line explanation")
+    p.add_argument("--draft-form", choices=templates.DRAFT_FORMS, default="tentative",
+                   help="phase B's draft: tentative (ends in a tentative answer) or questions (no conclusion)")
     p.add_argument("--folds", type=int, help="K: a stratified K-fold split; --fold F is dev (--n-train is ignored)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--val-frac", type=float, default=0.0,

@@ -5,9 +5,12 @@ continues it (batched, left-padded, greedy unless --temperature > 0) and stops a
 "\\nFinal answer:" or EOS; the draft is the text before that, stripped. Output rows
 {question, draft, tentative, answer} go to <out-root>/<name>/<split>.jsonl, with tentative
 "yes" / "no" / "unparsed" and answer the gold teacher_final. An empty draft is kept as ""
-(tentative "unparsed") and counted. --engine continuous generates through transformers'
-continuous batching instead (a paged KV cache of --cache-tokens tokens, no padding): the same
-greedy drafts, cut at the stop string after generation.
+(tentative "unparsed") and counted. In the conclusion-free draft form (`--draft-form questions`,
+by default the data's MANIFEST.json `draft_form`) a draft that states no tentative answer is
+what the student was taught: tentative "none", counted as no_conclusion, never as unparsed.
+--engine continuous generates through transformers' continuous batching instead (a paged KV
+cache of --cache-tokens tokens, no padding): the same greedy drafts, cut at the stop string
+after generation.
 
 Resumable: each finished batch is appended (and flushed) to <split>.jsonl.partial; a restart
 keeps those rows and generates only the rest; the final file is renamed into place at the end,
@@ -104,9 +107,10 @@ def release_continuous(model):
     model.destroy_cached_continuous_batching_manager()
 
 
-def draft_row(question, draft, answer):
+def draft_row(question, draft, answer, form="tentative"):
+    missing = "unparsed" if templates.concludes(form) else "none"
     return {"question": question, "draft": draft,
-            "tentative": templates.parse_tentative(draft) or "unparsed", "answer": answer}
+            "tentative": templates.parse_tentative(draft) or missing, "answer": answer}
 
 
 def load_done(path, gold):
@@ -121,12 +125,13 @@ def load_done(path, gold):
 def counts(rows):
     n = len(rows)
     right = sum(r["tentative"] == r["answer"] for r in rows)
+    no_conclusion = sum(r["tentative"] == "none" for r in rows)
     return {"n": n, "unparsed": sum(r["tentative"] == "unparsed" for r in rows),
-            "empty": sum(not r["draft"] for r in rows),
-            "tentative_accuracy": round(right / n, 4) if n else None}
+            "no_conclusion": no_conclusion, "empty": sum(not r["draft"] for r in rows),
+            "tentative_accuracy": round(right / n, 4) if n > no_conclusion else None}
 
 
-def draft_split(split_file, out, model_fn, batch_size=16, limit=None, **gen):
+def draft_split(split_file, out, model_fn, batch_size=16, limit=None, form="tentative", **gen):
     """Write `out` for the questions of `split_file`; model_fn() loads the model on first need."""
     from tqdm import tqdm
 
@@ -151,7 +156,7 @@ def draft_split(split_file, out, model_fn, batch_size=16, limit=None, **gen):
                 for i in range(0, len(todo), batch_size):
                     batch = todo[i:i + batch_size]
                     for q, d in zip(batch, generate(model, tok, batch, **gen)):
-                        done[q] = draft_row(q, d, gold[q])
+                        done[q] = draft_row(q, d, gold[q], form)
                         f.write(dumps(done[q]) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
@@ -173,8 +178,13 @@ def check_sizes(batch_size, limit):
 
 
 def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root="data/drafts",
-        batch_size=16, limit=None, device=None, load_in_4bit=False, seed=0, **gen):
-    """Drafts for each split; returns {split: counts} and writes REPORT.json beside them."""
+        batch_size=16, limit=None, device=None, load_in_4bit=False, seed=0, draft_form=None, **gen):
+    """Drafts for each split; returns {split: counts} and writes REPORT.json beside them.
+    draft_form: the form the model was taught (default: the data's MANIFEST.json)."""
+    from askdraft.data import draft_form as data_draft_form
+
+    form = draft_form or data_draft_form(data)
+    templates.concludes(form)
     loaded = []
 
     def model_fn():
@@ -192,12 +202,13 @@ def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root
         if split not in SPLITS:
             raise InputError("--splits", None, f"unknown split {split!r}; choose from {sorted(SPLITS)}")
         report[split] = draft_split(Path(data) / SPLITS[split], out_dir / f"{split}.jsonl", model_fn,
-                                    batch_size=batch_size, limit=limit, **gen)
+                                    batch_size=batch_size, limit=limit, form=form, **gen)
         c = report[split]
-        print(f"{out_dir / split}.jsonl: {c['n']} drafts, {c['unparsed']} unparsed, {c['empty']} empty, "
+        print(f"{out_dir / split}.jsonl: {c['n']} drafts ({form} form), {c['unparsed']} unparsed, "
+              f"{c['no_conclusion']} without a conclusion, {c['empty']} empty, "
               f"tentative accuracy {c['tentative_accuracy']}" + (" (already done)" if c["skipped"] else ""))
     write_json(out_dir / "REPORT.json", {"base": str(base), "adapter": adapter and str(adapter),
-                                         "generation": gen,
+                                         "draft_form": form, "generation": gen,
                                          "splits": {s: {k: v for k, v in c.items() if k != "skipped"}
                                                     for s, c in report.items()}})
     return report
@@ -205,7 +216,8 @@ def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root
 
 def cmd(args):
     run(args.base, args.name, args.adapter, args.splits.split(","), args.data, args.out_root,
-        args.batch_size, args.limit, args.device, args.load_in_4bit, args.seed, max_new_tokens=args.max_new_tokens,
+        args.batch_size, args.limit, args.device, args.load_in_4bit, args.seed, args.draft_form,
+        max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, top_p=args.top_p, engine=args.engine, cache_tokens=args.cache_tokens)
 
 
@@ -227,6 +239,8 @@ def add_cli(sub):
     p.add_argument("--cache-tokens", type=positive_int,
                    help="continuous: KV cache size in tokens (bounds memory; default: sized from free memory)")
     p.add_argument("--limit", type=positive_int, help="first N questions of each split")
+    p.add_argument("--draft-form", choices=templates.DRAFT_FORMS,
+                   help="the form the model was taught (default: --data's MANIFEST.json draft_form)")
     p.add_argument("--device", help="default: cuda if available (bf16), else cpu (fp32)")
     p.add_argument("--load-in-4bit", action="store_true", help="NF4 base (bitsandbytes, GPU)")
     p.set_defaults(func=cmd)

@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from askdraft import REPO_ROOT, git_commit, models, stats
+from askdraft import REPO_ROOT, answerer, git_commit, models, stats
 from askdraft.io import InputError, positive_int, read_jsonl, sha256_file, write_json, write_jsonl
 from askdraft.records import read_split
 
@@ -32,6 +32,8 @@ NOCONCLUSION = "strategyqa_draft_noconclusion"  # own draft, tentative answer re
 ORACLE = {"teacher_noconclusion": "strategyqa_teacher_noconclusion", "teacher_gold": "strategyqa_teacher_gold",
           "teacher_flipped": "strategyqa_teacher_flipped", "teacher_shuffled": "strategyqa_teacher_shuffled",
           "empty": "strategyqa_emptydraft"}
+ANSWERED = {"answered_draft": "strategyqa_answered_draft", "answered_question": "strategyqa_answered_question",
+            "answered_gold": "strategyqa_answered_gold"}  # sub-questions answered from the BM25 fact store
 HEADLINE = ("strategyqa_draft", "strategyqa")  # a stage's accuracy: the first task it ran
 STAGE_ORDER = ("base", "A", "B", "C", "SG")
 STAGE_DIFFS = (("C", "A"), ("B", "A"))
@@ -198,6 +200,8 @@ def overrides(rows):
     tentative answer is wrong, the share answered right (overridden); of those whose tentative
     answer is right, the share kept right; and how often the final answer equals the tentative."""
     parsed = [r for r in rows if r.get("tentative") in ("yes", "no")]
+    if not parsed:  # no draft states a conclusion (e.g. the conclusion-free form): nothing to override
+        return None
     wrong = [r for r in parsed if r["tentative"] != r["answer"]]
     right = [r for r in parsed if r["tentative"] == r["answer"]]
     def share(rs, key):
@@ -319,6 +323,7 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
         "stages": {s: acc_entry(c) for s, c in stages.items()},
         "ablations": abl,
         "oracle": oracle,
+        "answered": answerer.summary(evals),  # the fact-store tasks: own draft vs no draft and the controls
         "ties": ties,
         "attribution_draft_share": {w: attribution_share(attribution_dir / f"{w}.json", root)
                                     for w in ("before_dpo", "after_dpo")},

@@ -22,6 +22,8 @@ In draft and answer modes a pair's prompt is the DPO template with the student's
                     questions missing from one file (counted). The default margin 0.2 is one gold
                     fact of the largest StrategyQA questions (2-5 facts each): a pair is kept when
                     one draft finds at least one more of its question's facts than the other.
+Conclusion-free drafts (tentative "none": `askdraft data --draft-form questions`) work in answer
+and quality modes; draft mode needs a conclusion to judge or flip, and stops with an error naming them.
 An empty draft is an input error (file and line) unless --allow-empty, which drops and counts
 it. With --tokenizer, pairs longer than --max-len tokens (prompt + the longer completion,
 no special tokens: phase C's sequence_len 256 less TRL's BOS and EOS) are dropped and counted.
@@ -60,8 +62,9 @@ def load_drafts(path, gold, gold_path, allow_empty=False):
     return rows
 
 
-def make_pair(question, draft, gold, mode):
-    """One pair row, or None when the draft has no tentative answer in draft mode."""
+def make_pair(question, draft, gold, mode, missing="unparsed"):
+    """One pair row, or None when the draft has no tentative answer in draft mode.
+    missing: student_tentative of a draft without one ("none" for the conclusion-free form)."""
     tentative = templates.parse_tentative(draft)
     right = tentative == gold
     if mode == "draft":
@@ -72,7 +75,7 @@ def make_pair(question, draft, gold, mode):
         rejected = templates.answer_completion("no" if gold == "yes" else "yes")
     return {"prompt": templates.answer_prompt(question, draft), "chosen": templates.answer_completion(gold),
             "rejected": rejected, "flipped": right, "mode": mode, "question": question,
-            "student_tentative": tentative or "unparsed", "gold": gold}
+            "student_tentative": tentative or missing, "gold": gold}
 
 
 def pair_length(tok, pair):
@@ -100,12 +103,19 @@ def build(drafts_path, gold_path, mode="draft", tokenizer=None, max_len=254, all
         raise InputError("--drafts-2", None, f"a second drafts file is for --mode quality, not {mode}")
     gold = load_gold(gold_path)
     rows = load_drafts(drafts_path, gold, gold_path, allow_empty)
+    conclusion_free = [r for r in rows if r.get("tentative") == "none"]
+    if mode == "draft" and conclusion_free:
+        raise InputError(drafts_path, conclusion_free[0]["_line"],
+                         f"{len(conclusion_free)} draft(s) of the conclusion-free form (tentative \"none\"): "
+                         "draft mode needs a tentative answer to judge or flip; use --mode answer or quality")
     tok = load_tok(tokenizer)
     pairs, dropped, longest = [], Counter(), 0
-    unparsed = sum(templates.parse_tentative(r["draft"]) is None for r in rows if r["draft"].strip())
+    unparsed = sum(templates.parse_tentative(r["draft"]) is None for r in rows
+                   if r["draft"].strip() and r.get("tentative") != "none")
     for r in rows:
         draft = r["draft"].strip()
-        pair = make_pair(r["question"], draft, gold[r["question"]], mode) if draft else None
+        missing = "none" if r.get("tentative") == "none" else "unparsed"
+        pair = make_pair(r["question"], draft, gold[r["question"]], mode, missing) if draft else None
         if pair is None:
             dropped["unparsed" if draft else "empty_draft"] += 1
             continue
@@ -126,9 +136,11 @@ def build(drafts_path, gold_path, mode="draft", tokenizer=None, max_len=254, all
         "longest_pair_tokens": longest if tok else None,
         "drafts_in": len(rows), "pairs": len(pairs), "flipped": flips,
         "flip_share": round(flips / len(pairs), 4), "unparsed_drafts": unparsed,
+        "no_conclusion_drafts": len(conclusion_free),
         "dropped": {k: dropped[k] for k in DROP_REASONS},
         "student_tentative_accuracy": round(sum(templates.parse_tentative(r["draft"]) == gold[r["question"]]
-                                                for r in rows) / len(rows), 4),
+                                                for r in rows) / len(rows), 4)
+        if len(rows) > len(conclusion_free) else None,
     }
     return pairs, report
 

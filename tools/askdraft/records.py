@@ -27,13 +27,13 @@ Choices (also in the docs):
   file (bools, "Yes.") because that is a user's file, not one of ours.
 - Drafts rows: `question` (non-empty string) and `draft` (a string, possibly empty: an empty
   draft is a real outcome of `askdraft drafts`) are required; `tentative` (yes/no/unparsed,
-  exact) and `answer` (a label) are optional except in resume files; other fields are kept.
+  or none for a conclusion-free draft form; exact) and `answer` (a label) are optional except in resume files; other fields are kept.
   A question twice with the same draft (and answer) is merged into its first row; twice with a
   different draft or answer is an error naming both lines.
 - Pairs rows: `prompt`, `chosen`, `rejected` are required non-empty strings (not only
   whitespace) and chosen must differ from rejected (compared after stripping whitespace);
   optional `flipped` (bool), `mode` (draft/answer/quality), `question` (string), `gold` (a label),
-  `student_tentative` (yes/no/unparsed) are checked when present; other fields are kept.
+  `student_tentative` (yes/no/unparsed/none) are checked when present; other fields are kept.
   The same (prompt, chosen, rejected) twice is an error (it would train twice), not merged.
 - An empty file (no rows) is an error for every kind except a resume (.partial) file.
 """
@@ -43,7 +43,8 @@ from askdraft_dpo.rows import PAIR_FIELDS, file_rows, string, unique_rows
 from askdraft.io import InputError, check_text, json_type
 
 ANSWERS = ("yes", "no")
-TENTATIVES = (*ANSWERS, "unparsed")
+# "unparsed": the draft should state a tentative answer and does not; "none": its form states none
+TENTATIVES = (*ANSWERS, "unparsed", "none")
 PAIR_MODES = ("draft", "answer", "quality")
 DRAFT_FIELDS = ("question", "draft", "tentative", "answer")
 # StrategyQA's longest question is 132 characters (bigbench); one 7x longer is a broken row (a
@@ -119,7 +120,7 @@ def read_drafts(path, *, gold=None, gold_path=None, unknown="error", resume=Fals
                     raise InputError(path, n, f"expected fields {list(DRAFT_FIELDS)}, "
                                               f"missing {missing}, unexpected {extra}")
             if "tentative" in row and row["tentative"] not in TENTATIVES:
-                raise InputError(path, n, f"tentative {row['tentative']!r} is not yes/no/unparsed")
+                raise InputError(path, n, f"tentative {row['tentative']!r} is not one of {list(TENTATIVES)}")
             if "answer" in row:
                 row["answer"] = label(row["answer"], path, n, "answer")
             if gold is not None:
@@ -164,7 +165,7 @@ def check_pair(row, path, line, fields=PAIR_FIELDS):
     if "gold" in row:
         label(row["gold"], path, line, "gold")
     if "student_tentative" in row and row["student_tentative"] not in TENTATIVES:
-        raise InputError(path, line, f"student_tentative {row['student_tentative']!r} is not yes/no/unparsed")
+        raise InputError(path, line, f"student_tentative {row['student_tentative']!r} is not one of {list(TENTATIVES)}")
     return row
 
 

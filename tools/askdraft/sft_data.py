@@ -7,11 +7,13 @@ BOS (when the tokenizer adds one, as a segment of its own) and EOS are written a
 tokenise to the special ids. Phase B rows over the length limit get their rationale shortened,
 never the answer, and the count is reported: a decomposition draft keeps every sub-question and
 cuts the sub-answers (shorten_steps), an explanation is cut to a word prefix (shorten_rationale).
+The draft form is the data's (MANIFEST.json `draft_form`, `askdraft data --draft-form`): in the
+`questions` form phase B's target is the draft with no "Tentative answer:", then the gold final.
 """
 from pathlib import Path
 
 from askdraft import templates
-from askdraft.data import FILES, check_no_leak
+from askdraft.data import FILES, check_no_leak, draft_form
 from askdraft.io import InputError, write_json, write_jsonl
 from askdraft.records import read_split
 
@@ -45,9 +47,9 @@ def phase_a_rows(path, tok):
             for r in rows]
 
 
-def _row_length(tok, question, rationale, answer, bos, eos):
+def _row_length(tok, question, rationale, answer, bos, eos, form="tentative"):
     """Tokens of the whole phase B row (prompt and target) for this rationale."""
-    r = row(templates.draft_prompt(question), templates.draft_completion(rationale, answer), bos, eos)
+    r = row(templates.draft_prompt(question), templates.draft_completion(rationale, answer, form), bos, eos)
     return sum(len(tok(s["text"], add_special_tokens=False).input_ids) for s in r["segments"])
 
 
@@ -63,10 +65,10 @@ def _most_that_fits(fits, most):
     return lo
 
 
-def shorten_rationale(tok, question, rationale, answer, max_len, bos, eos):
+def shorten_rationale(tok, question, rationale, answer, max_len, bos, eos, form="tentative"):
     """The longest word-prefix of the rationale whose whole row fits max_len tokens."""
     def fits(text):
-        return _row_length(tok, question, text, answer, bos, eos) <= max_len
+        return _row_length(tok, question, text, answer, bos, eos, form) <= max_len
     if fits(rationale):
         return rationale, False
     words = rationale.split()
@@ -74,7 +76,7 @@ def shorten_rationale(tok, question, rationale, answer, max_len, bos, eos):
     return (" ".join(words[:kept]) if kept else None), True
 
 
-def shorten_steps(tok, question, steps, answer, max_len, bos, eos):
+def shorten_steps(tok, question, steps, answer, max_len, bos, eos, form="tentative"):
     """The teacher draft of `steps` with every sub-answer cut to the largest common number of
     words (never a sub-question) that lets the whole row fit max_len tokens; then, if the
     questions alone are too long, the trailing sub-questions go (the first always stays)."""
@@ -82,7 +84,7 @@ def shorten_steps(tok, question, steps, answer, max_len, bos, eos):
         return templates.teacher_draft([{"q": s["q"], "a": " ".join(s["a"].split()[:cap])} for s in steps[:n]])
 
     def fits(draft):
-        return _row_length(tok, question, draft, answer, bos, eos) <= max_len
+        return _row_length(tok, question, draft, answer, bos, eos, form) <= max_len
     longest = max(len(s["a"].split()) for s in steps)
     if fits(text(longest)):
         return text(longest), False
@@ -93,35 +95,42 @@ def shorten_steps(tok, question, steps, answer, max_len, bos, eos):
     return None, True
 
 
-def phase_b_rows(path, tok, max_len):
+def phase_b_rows(path, tok, max_len, form="tentative"):
     rows = read_split(path, cot=True)
     bos, eos = special_texts(tok)
     out, shortened, dropped = [], 0, []
     for r in rows:
         if r.get("teacher_steps"):
-            rat, cut = shorten_steps(tok, r["question"], r["teacher_steps"], r["teacher_final"], max_len, bos, eos)
+            rat, cut = shorten_steps(tok, r["question"], r["teacher_steps"], r["teacher_final"], max_len, bos, eos, form)
         else:
-            rat, cut = shorten_rationale(tok, r["question"], r["teacher_cot"], r["teacher_final"], max_len, bos, eos)
+            rat, cut = shorten_rationale(tok, r["question"], r["teacher_cot"], r["teacher_final"], max_len, bos, eos,
+                                         form)
         if rat is None:
             dropped.append(r["_line"])
             continue
         shortened += cut
-        out.append(row(templates.draft_prompt(r["question"]), templates.draft_completion(rat, r["teacher_final"]), bos, eos))
+        out.append(row(templates.draft_prompt(r["question"]), templates.draft_completion(rat, r["teacher_final"], form),
+                       bos, eos))
     return out, shortened, dropped
 
 
-def build(data_dir, base, out_dir=None, max_len=128, limit=None):
+def build(data_dir, base, out_dir=None, max_len=128, limit=None, expect_form=None):
+    """expect_form: the draft form the caller asks for; the data must have been built in it."""
     data_dir = Path(data_dir)
     out_dir = Path(out_dir or data_dir / "sft")
+    form = draft_form(data_dir)
+    if expect_form and form != expect_form:
+        raise InputError(data_dir / "MANIFEST.json", None, f"the data's draft_form is {form!r}, not {expect_form!r}: "
+                         f"rebuild it with `askdraft data --draft-form {expect_form}` (delete data/MANIFEST.json)")
     tok = load_tokenizer(base)
     for train in ("baseline", "cot"):  # both train files feed a phase
         check_no_leak(data_dir / FILES[train], data_dir / FILES["dev"])
     a = phase_a_rows(data_dir / FILES["baseline"], tok)[:limit]
-    b, shortened, dropped = phase_b_rows(data_dir / FILES["cot"], tok, max_len)
+    b, shortened, dropped = phase_b_rows(data_dir / FILES["cot"], tok, max_len, form)
     b = b[:limit]
     write_jsonl(out_dir / SFT_FILES["a"], a)
     write_jsonl(out_dir / SFT_FILES["b"], b)
-    report = {"base": str(base), "max_len": max_len, "limit": limit, "phase_a_rows": len(a),
+    report = {"base": str(base), "max_len": max_len, "limit": limit, "draft_form": form, "phase_a_rows": len(a),
               "phase_b_rows": len(b), "phase_b_rationales_shortened": shortened,
               "phase_b_dropped_lines": dropped}
     write_json(out_dir / "REPORT.json", report)
@@ -129,8 +138,8 @@ def build(data_dir, base, out_dir=None, max_len=128, limit=None):
 
 
 def cmd(args):
-    r = build(args.data, args.base, args.out, args.max_len, args.limit)
-    print(f"phase A: {r['phase_a_rows']} rows; phase B: {r['phase_b_rows']} rows, "
+    r = build(args.data, args.base, args.out, args.max_len, args.limit, args.draft_form)
+    print(f"phase A: {r['phase_a_rows']} rows; phase B ({r['draft_form']} drafts): {r['phase_b_rows']} rows, "
           f"{r['phase_b_rationales_shortened']} rationales shortened to fit {r['max_len']} tokens, "
           f"{len(r['phase_b_dropped_lines'])} dropped (question alone too long)")
 
@@ -142,4 +151,6 @@ def add_cli(sub):
     p.add_argument("--out", help="default: DATA/sft")
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--limit", type=int, help="keep the first N rows (smoke runs)")
+    p.add_argument("--draft-form", choices=templates.DRAFT_FORMS,
+                   help="fail unless the data was built in this draft form (default: whatever MANIFEST.json says)")
     p.set_defaults(func=cmd)

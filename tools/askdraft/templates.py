@@ -48,8 +48,9 @@ def draft_prompt(question):
     return render("draft.jinja", "prompt", question=question)
 
 
-def draft_completion(rationale, answer):
-    return render("draft.jinja", "completion", question="", rationale=rationale, answer=answer)
+def draft_completion(rationale, answer, form="tentative"):
+    return render("draft.jinja", "completion", question="", rationale=rationale, answer=answer,
+                  conclude=concludes(form))
 
 
 def teacher_draft(steps):
@@ -57,9 +58,22 @@ def teacher_draft(steps):
     return render("draft.jinja", "steps", question="", steps=steps)
 
 
-def draft_text(rationale, answer):
+def draft_text(rationale, answer, form="tentative"):
     """The draft part of phase B's target (rationale + tentative answer), without the final."""
-    return render("draft.jinja", "draft", question="", rationale=rationale, answer=answer).strip()
+    return render("draft.jinja", "draft", question="", rationale=rationale, answer=answer,
+                  conclude=concludes(form)).strip()
+
+
+# The draft forms phase B teaches (`askdraft data --draft-form`): the seed's self-answered draft
+# ending in "Tentative answer: x", or the sub-questions and their answers with no conclusion.
+DRAFT_FORMS = ("tentative", "questions")
+
+
+def concludes(form):
+    """Whether drafts of this form state a tentative answer."""
+    if form not in DRAFT_FORMS:
+        raise ValueError(f"unknown draft form {form!r}; choose from {DRAFT_FORMS}")
+    return form == "tentative"
 
 
 def parse_tentative(draft):
