@@ -24,6 +24,13 @@ export PYTHONUNBUFFERED := 1
 # CUDA's caching allocator grows segments instead of keeping one per size: less fragmentation
 # when sequence lengths change every batch (phase C skips the per-step empty_cache that hid it)
 export PYTORCH_CUDA_ALLOC_CONF ?= expandable_segments:True
+## GPU_MEM_GIB: cap every stage process's GPU memory at this many GiB (7.5: an 8 GB card); a stage that needs more fails
+GPU_MEM_GIB ?=
+ifneq ($(strip $(GPU_MEM_GIB)),)
+# every Python process of a stage applies it as it imports torch (tools/gpu_cap/sitecustomize.py)
+export ASKDRAFT_GPU_MEM_GIB := $(strip $(GPU_MEM_GIB))
+export PYTHONPATH := $(abspath $(dir $(THIS_MAKEFILE)))/tools/gpu_cap$(if $(PYTHONPATH),:$(PYTHONPATH),)
+endif
 
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 ## PROFILE: cpu | smoke | gpu | gpu-fast | gpu-7b-fast (recipe profiles and data size; default: gpu where nvidia-smi finds one, else cpu)
