@@ -103,7 +103,13 @@ LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
 ## DRAFT_TOKENS: new tokens a draft may have (a question draft with its tentative answer is up to ~105)
 DRAFT_TOKENS ?= $(or $(DRAFT_TOKENS_$(PROFILE)),128)
-DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) --max-new-tokens $(DRAFT_TOKENS)
+## DRAFT_ROWS: drafts a split (train, dev) at most (default: all; smoke: 32)
+DRAFT_ROWS ?= $(DRAFT_LIMIT_$(PROFILE))
+## LOAD_4BIT: 1 = drafts, eval and attribution load the model in NF4, as the recipes train it (gpu-7b-fast: a 7B within an 8 GB card)
+LOAD_4BIT_gpu-7b-fast := 1
+LOAD_4BIT ?= $(LOAD_4BIT_$(PROFILE))
+NF4 := $(if $(filter 1,$(LOAD_4BIT)),--load-in-4bit,)
+DRAFT_LIMIT := $(if $(DRAFT_ROWS),--limit $(DRAFT_ROWS),) --max-new-tokens $(DRAFT_TOKENS)
 ## DRAFT_ENGINE: generate (padded batches) | continuous (continuous batching, a paged KV cache; DRAFT_BATCH drafts a call)
 # gpu-fast: continuous batching, 512 drafts a call (the embedded drafts stage on the H200: 89 -> 66 s)
 DRAFT_ENGINE_gpu-fast := continuous
@@ -113,11 +119,13 @@ DRAFT_ENGINE ?= $(or $(DRAFT_ENGINE_$(PROFILE)),generate)
 # gpu-fast: 512 drafts of up to 256 tokens at once (2.9 GiB for the 135M), so that folds side by side share the card
 DRAFT_CACHE_TOKENS_gpu-fast := 131072
 DRAFT_CACHE_TOKENS ?= $(DRAFT_CACHE_TOKENS_$(PROFILE))
-DRAFT_GEN := $(DRAFT_LIMIT) --engine $(DRAFT_ENGINE) $(if $(DRAFT_CACHE_TOKENS),--cache-tokens $(DRAFT_CACHE_TOKENS),)
+DRAFT_GEN := $(DRAFT_LIMIT) $(NF4) --engine $(DRAFT_ENGINE) $(if $(DRAFT_CACHE_TOKENS),--cache-tokens $(DRAFT_CACHE_TOKENS),)
 # smoke: no generative strategyqa_cot (128 new tokens a question would double its eval time)
 ## COT_TASK: the generative strategyqa_cot task in phase B's eval ("strategyqa_cot,"; empty skips it)
 COT_TASK ?= $(if $(filter smoke,$(PROFILE)),,strategyqa_cot,)
-EVAL_LIMIT := $(if $(EVAL_LIMIT_$(PROFILE)),--limit $(EVAL_LIMIT_$(PROFILE)),)
+## EVAL_ROWS: dev questions each eval task scores at most (default: all 289; smoke: 24)
+EVAL_ROWS ?= $(EVAL_LIMIT_$(PROFILE))
+EVAL_LIMIT := $(if $(EVAL_ROWS),--limit $(EVAL_ROWS),)
 MERGED := models/cot_phaseB/merged
 RESULTS := results/$(MODEL_NAME)
 # the judge: an OpenAI-compatible server (JUDGE_URL, e.g. http://localhost:8000/v1, and JUDGE_MODEL;
@@ -243,7 +251,7 @@ results/val/$(MODEL_NAME)/evals/C.strategyqa_draft.json: $(DPO)/adapter_model.sa
 ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft,strategyqa_draft_noconclusion
 # the oracle ladder on phase B (teacher drafts with no / gold / flipped conclusion, shuffled, empty)
 ORACLE_TASKS := strategyqa_teacher_noconclusion,strategyqa_teacher_gold,strategyqa_teacher_flipped,strategyqa_teacher_shuffled,strategyqa_emptydraft
-EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --batch-size $(EVAL_BATCH) $(EVAL_LIMIT)
+EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --batch-size $(EVAL_BATCH) $(EVAL_LIMIT) $(if $(NF4),--dtype nf4,)
 eval: $(RESULTS)/evals/.done ## lm-eval of base, A, B, C with the draft ablations
 $(RESULTS)/evals/.done: $(C_DRAFTS)/REPORT.json
 	$(EVAL) --stage base --base $(BASE) --tasks strategyqa
@@ -257,9 +265,9 @@ $(RESULTS)/evals/.done: $(C_DRAFTS)/REPORT.json
 attribution: $(RESULTS)/attribution/after_dpo.json ## Integrated Gradients share on the draft, before and after DPO
 $(RESULTS)/attribution/after_dpo.json: $(C_DRAFTS)/REPORT.json
 	$(PY) tools/attention_tools.py --base $(MERGED) --drafts $(B_DRAFTS)/dev.jsonl \
-	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution/before_dpo.json --heatmaps $(RESULTS)/attribution/heatmaps_before
+	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution/before_dpo.json --heatmaps $(RESULTS)/attribution/heatmaps_before $(NF4)
 	$(PY) tools/attention_tools.py --base $(MERGED) --adapter $(DPO) --drafts $(C_DRAFTS)/dev.jsonl \
-	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/attribution/heatmaps_after
+	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/attribution/heatmaps_after $(NF4)
 
 judge: $(RESULTS)/judge.json ## LLM judge of C's vs B's clarifying questions (JUDGE_URL or JUDGE_SERVE)
 $(RESULTS)/judge.json: $(C_DRAFTS)/REPORT.json

@@ -121,8 +121,14 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
     if not todo:
         return {}
     device, device_name = device_and_dtype()
-    lm = HFLM(pretrained=str(base), peft=adapter and str(adapter), dtype=dtype, device=device,
-              batch_size=batch_size)
+    quant = {}
+    if dtype == "nf4":  # a 7B within an 8 GB card, as the recipes train it
+        import torch
+        from transformers import BitsAndBytesConfig
+        quant["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                          bnb_4bit_compute_dtype=torch.bfloat16)
+    lm = HFLM(pretrained=str(base), peft=adapter and str(adapter), dtype="bfloat16" if quant else dtype,
+              device=device, batch_size=batch_size, **quant)
     if dtype != "float32":
         float32_head(lm.model)
     started, t0 = now(), time.time()
@@ -366,8 +372,9 @@ def add_cli(sub):
     p.add_argument("--shuffle-seed", type=int, default=1234)
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--force", action="store_true", help="re-run tasks that already have results")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="model weights (default float32); the LM head scores in float32 either way")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "nf4"),
+                   help="model weights (default float32; nf4: a 4-bit base computing in bf16); the LM head "
+                        "scores in float32 either way")
     p.set_defaults(func=_evaluate_cmd)
 
     p = sub.add_parser("summarize", help="pool the evaluations into results/<model>/summary.json")
