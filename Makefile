@@ -331,7 +331,7 @@ clean-runs: ## remove the composed recipes (runs/) and axolotl's prepared datase
 BENCH_ARGS ?= --ablate
 bench: data/sft/REPORT.json | $(SETUP) ## the recipes through axolotl train at the Llama-2-7B shape (random NF4): plain vs tuned vs each switch -> results/bench.json + .png
 	$(PY) -m askdraft.bench $(BENCH_ARGS)
-	$(PY) tools/doc_tables.py --only results/performance.md
+	$(PY) tools/doc_tables.py --only results/performance.md --only README.md
 
 ## SPEED_GPUS: GPU ids of speed-study: two (multi-GPU, then plain and tuned side by side) or one (all in turn)
 SPEED_GPUS ?= 0,1

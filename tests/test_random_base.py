@@ -39,6 +39,9 @@ def test_random_model_sharded_and_loadable(tmp_path, tiny_llama_dir):
     ids = torch.tensor([[1, 5, 9, 12]])
     assert torch.isfinite(model(ids).logits.float()).all()
 
+    one = write_random_model(tmp_path / "one", "tiny", tiny_llama_dir, seed=3)  # one shard: as save_pretrained names it
+    assert sorted(p.name for p in one.glob("*.safetensors*")) == ["model.safetensors"]
+
     again = write_random_model(tmp_path / "rand2", "tiny", tiny_llama_dir, seed=3, max_shard_bytes=60_000)
     from safetensors.torch import load_file
     for s in shards:  # the same seed writes the same weights

@@ -77,7 +77,9 @@ def write_random_model(out_dir, shape_name, tokenizer_dir, seed=0, max_shard_byt
         gen = torch.Generator(device).manual_seed(seed)
         weight_map, total = {}, 0
         for i, shard in enumerate(tqdm(shards, desc=f"random {shape_name} shards"), 1):
-            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            # one shard: model.safetensors with no index, as save_pretrained writes it (axolotl's
+            # merge-lora writes an index only for a sharded base)
+            fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors" if len(shards) > 1 else "model.safetensors"
             tensors = {}
             for name, shp in shard:
                 if name.endswith("norm.weight"):
@@ -90,8 +92,9 @@ def write_random_model(out_dir, shape_name, tokenizer_dir, seed=0, max_shard_byt
                 total += t.numel() * 2
             save_file(tensors, tmp / fname, metadata={"format": "pt"})
             del tensors
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         cfg.architectures = ["LlamaForCausalLM"]
         cfg.save_pretrained(tmp)
         GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
