@@ -33,6 +33,15 @@ def is_random(model_dir):
     return (Path(model_dir) / RANDOM_MARKER).is_file()
 
 
+def random_weights_note(model_dirs):
+    """The marker's note if any of these model dirs has random weights (summary.json's
+    random_weights; the report then marks its numbers as not meaningful), else None."""
+    for d in model_dirs:
+        if d and is_random(d):
+            return json.loads((Path(d) / RANDOM_MARKER).read_text(encoding="utf-8"))["note"]
+    return None
+
+
 def _tensor_specs(cfg):
     """[(name, shape)] of every saved weight, from a model built on the meta device."""
     import torch
