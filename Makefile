@@ -45,6 +45,8 @@ BASE ?= models/base/$(BASE_NAME)
 C_VARIANT ?=
 ## C_PROFILES: recipe profiles added to phase C only (e.g. published-losses)
 C_PROFILES ?=
+## C_SET: recipe overrides for phase C only, after its profiles (e.g. "--set micro_batch_size=4 --set gradient_accumulation_steps=8")
+C_SET ?=
 CV := $(if $(C_VARIANT),-$(C_VARIANT),)
 PAIRS := data/pairs$(CV).jsonl
 DPO_NAME := dpo_phaseC$(CV)
@@ -77,6 +79,10 @@ DRAFT_TOKENS_smoke := 48
 EVAL_LIMIT_smoke := 24
 ATTR_LIMIT_smoke := 4
 ATTR_LIMIT ?= $(or $(ATTR_LIMIT_$(PROFILE)),50)
+## ATTR_BATCH: IG path points a forward/backward pass in attribution (default: all 32 on a GPU, 8 on a CPU)
+# gpu-7b-fast: the backward of 32 points x ~200 tokens through a 7B needs ~20 GiB of activations
+ATTR_BATCH_gpu-7b-fast := 2
+ATTR_BATCH ?= $(ATTR_BATCH_$(PROFILE))
 JUDGE_LIMIT_smoke := 8
 JUDGE_LIMIT ?= $(or $(JUDGE_LIMIT_$(PROFILE)),50)
 # smoke: a 1-epoch, 64-row student rarely writes a parseable draft, and draft mode drops those
@@ -217,7 +223,7 @@ $(PAIRS): $(B_DRAFTS)/REPORT.json
 
 phase-c: $(DPO)/adapter_model.safetensors ## C: DPO with the plugin's schedule on merged B
 $(DPO)/adapter_model.safetensors: $(PAIRS) $(MERGED)/config.json
-	$(call RECIPE,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p)),$(CV))
+	$(call RECIPE,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p))$(if $(C_SET), $(C_SET),),$(CV))
 	$(TRAIN) $(RUNS)/phase_c$(CV).yaml
 	rm -f $(DPO)/model.safetensors  # axolotl also saves the whole model beside the adapter
 
@@ -265,9 +271,9 @@ $(RESULTS)/evals/.done: $(C_DRAFTS)/REPORT.json
 attribution: $(RESULTS)/attribution/after_dpo.json ## Integrated Gradients share on the draft, before and after DPO
 $(RESULTS)/attribution/after_dpo.json: $(C_DRAFTS)/REPORT.json
 	$(PY) tools/attention_tools.py --base $(MERGED) --drafts $(B_DRAFTS)/dev.jsonl \
-	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution/before_dpo.json --heatmaps $(RESULTS)/attribution/heatmaps_before $(NF4)
+	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution/before_dpo.json --heatmaps $(RESULTS)/attribution/heatmaps_before $(NF4) $(if $(ATTR_BATCH),--internal-batch-size $(ATTR_BATCH),)
 	$(PY) tools/attention_tools.py --base $(MERGED) --adapter $(DPO) --drafts $(C_DRAFTS)/dev.jsonl \
-	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/attribution/heatmaps_after $(NF4)
+	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/attribution/heatmaps_after $(NF4) $(if $(ATTR_BATCH),--internal-batch-size $(ATTR_BATCH),)
 
 judge: $(RESULTS)/judge.json ## LLM judge of C's vs B's clarifying questions (JUDGE_URL or JUDGE_SERVE)
 $(RESULTS)/judge.json: $(C_DRAFTS)/REPORT.json

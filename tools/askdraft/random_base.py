@@ -111,8 +111,9 @@ def write_random_model(out_dir, shape_name, tokenizer_dir, seed=0, max_shard_byt
         tok.save_pretrained(tmp)
         (tmp / RANDOM_MARKER).write_text(json.dumps({
             "shape": shape_name, "seed": seed, "parameters": total // 2,
-            "note": "random weights: a check of the pipeline's plumbing, memory and speed at this shape. "
-                    "Its drafts do not parse and its accuracies are chance: not results."}, indent=2) + "\n")
+            "note": "Random weights: a check of the pipeline's plumbing, memory and speed at this shape. "
+                    "Its drafts do not parse (each runs to the token cap, the slowest case) and its "
+                    "accuracies are chance."}, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
