@@ -286,7 +286,8 @@ report: | eval attribution judge ## summary.json with CIs, report.md + PNGs in r
 	$(ASKDRAFT) summarize --model-name $(MODEL_NAME)
 	$(ASKDRAFT) report --model-name $(MODEL_NAME)
 
-# the whole pipeline, stage by stage, each stage's wall time into results/<model>/wall_times.json
+# the whole pipeline, stage by stage, each stage's wall time into results/<model>/wall_times.json and
+# its resources (wall time, GPU and CPU memory peaks, disk written) into results/<model>/stages.json
 pipeline: | $(SETUP) ## every stage above in order, in one process; resumes at the first stale stage
 	PROFILE=$(PROFILE) PY=$(PY) MODEL_NAME=$(MODEL_NAME) $(PY) tools/run_stages.py $(if $(ISOLATE),--isolate,) $(if $(JOBS),--jobs $(JOBS),)
 
