@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 HOOK = REPO / "tools" / "gpu_cap"
-# prints whether this process has the cap queued (CPU) or applied (GPU), and the cap it holds
+# prints whether this process has the cap installed and queued (to apply as CUDA initializes), and its GiB
 PROBE = """\
 import json, os, sys
 import torch
@@ -88,7 +88,7 @@ def test_cap_reaches_every_stage_process(tmp_path):
     assert child["pid"] != inproc["pid"]
     for p in (inproc, child):
         assert p["installed"] and p["gib"] == 7.5
-        assert p["queued"] == (not __import__("torch").cuda.is_available())  # applied at once on a GPU
+        assert p["queued"]  # to run as CUDA initializes (nothing here touched the GPU yet)
     # the project's Makefile: a recipe line's Python process, through the exported hook
     (tmp_path / "out.jsonl").unlink()
     made = subprocess.run(["make", "-f", str(REPO / "Makefile"), "--no-print-directory", "--eval",
