@@ -206,6 +206,8 @@ models/cot_phaseB/adapter_model.safetensors: models/baseline_phaseA/adapter_mode
 	$(call RECIPE,phase_b,$(BASE))
 	$(TRAIN) $(RUNS)/phase_b.yaml
 
+# axolotl merges one base shard at a time: about 1.2 GB + 1.5 x the largest shard of RAM (`make base`
+# writes 2 GB shards: ~4 GB for a 7B), and writes the merged model (13.5 GB for a 7B in bf16)
 merge-b: models/cot_phaseB/merged/config.json ## B merged into the base: phase C's start and reference
 models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))

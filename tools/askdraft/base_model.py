@@ -74,8 +74,8 @@ def from_hf(src, dest):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(src, dtype="auto")
-    # 2 GB shards: merge-b (axolotl merge-lora) holds about two shards in RAM at a time, so a 7B
-    # merges in ~6 GB instead of ~28 GB with one 13.5 GB shard
+    # 2 GB shards: merge-b (axolotl merge-lora) merges one shard at a time, in about 1.2 GB + 1.5 x
+    # the largest shard of RAM (measured on CPU), so a 7B merges in ~4 GB instead of ~21 GB
     _save_atomically(dest, lambda d: (model.save_pretrained(d, max_shard_size=SHARD_SIZE), tok.save_pretrained(d)))
 
 

@@ -5,11 +5,11 @@ RANDOM_MARKER and the report marks every accuracy of it as not meaningful.
 
 The weights are written tensor by tensor into safetensors shards of at most `max_shard_bytes`
 (2 GB), never holding the whole model: a 7B (13.5 GB in bf16) is built with a shard's worth of
-CPU RAM (and one tensor at a time on the GPU where there is one; the values then differ from a
-CPU build of the same seed), and axolotl's merge-lora, which merges one base shard at a time, then needs
-about two shards of RAM instead of two whole models. The init is LlamaForCausalLM's own: every
-linear and embedding weight normal(0, initializer_range), every RMSNorm weight 1, from one seeded
-generator. The tokenizer is the embedded SmolLM2 one (askdraft.bench_inputs), so rows tokenize to
+CPU RAM (one tensor at a time on the GPU where there is one; the values then differ from a CPU
+build of the same seed). axolotl's merge-lora merges one base shard at a time, in about 1.2 GB +
+1.5 x a shard of RAM (measured on CPU): ~4 GB for a 7B, against ~21 GB from one 13.5 GB shard.
+The init is LlamaForCausalLM's own: every linear and embedding weight normal(0, initializer_range),
+every RMSNorm weight 1, from one seeded generator. The tokenizer is the embedded SmolLM2 one (askdraft.bench_inputs), so rows tokenize to
 their real lengths; the vocabulary is its 49152, not Llama-2's 32000.
 """
 import json
