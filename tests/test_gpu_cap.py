@@ -179,3 +179,20 @@ def test_make_stage_over_the_cap_fails(tmp_path):
     over = make(1)
     assert over.returncode != 0 and "OutOfMemoryError" in over.stderr, over.stderr
     assert make(2).returncode == 0
+
+
+def test_side_by_side_stages_share_one_record(tmp_path):
+    """--jobs: stages run side by side share the group's peaks (marked side_by_side), each its own wall time."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_run_stages import SIBLING_STAGES, SIBLINGS_MAKEFILE
+
+    (tmp_path / "Makefile").write_text(SIBLINGS_MAKEFILE)
+    done = run_stages(tmp_path, "--jobs", "3", *SIBLING_STAGES)
+    assert done.returncode == 0, done.stdout + done.stderr
+    stages = json.loads((tmp_path / "results/m/stages.json").read_text())["stages"]
+    assert set(stages) == set(SIBLING_STAGES)
+    group = ["eval", "attribution", "judge"]
+    for name in group:
+        assert stages[name]["side_by_side"] == group and stages[name]["wall_s"] >= 1.5
+    assert stages["eval"]["cpu_rss_peak_gib"] == stages["judge"]["cpu_rss_peak_gib"]
+    assert "side_by_side" not in stages["report"]
