@@ -1,7 +1,10 @@
 """The 7B path's make variables: gpu-7b-fast loads every inference stage's model in NF4 (LOAD_4BIT),
 DRAFT_ROWS / EVAL_ROWS / ATTR_LIMIT cut a subset run, BASE_SRC=random:llama2-7b builds the base."""
+import json
 import subprocess
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ["base", "drafts", "drafts-c", "eval", "attribution"]
@@ -37,3 +40,24 @@ def test_subset_variables_reach_their_stages():
     assert not any("--limit" in line for line in lines(full, "askdraft.cli drafts") + lines(full, "askdraft.cli evaluate"))
     smoke = planned("PROFILE=smoke")  # the smoke profile's own subset stays the default
     assert all("--limit 32 " in line for line in lines(smoke, "askdraft.cli drafts"))
+
+
+@pytest.mark.slow
+def test_nf4_eval_of_a_random_base_is_marked_not_meaningful(tmp_path, tiny_llama_dir):
+    """askdraft evaluate --dtype nf4 (LOAD_4BIT) scores a random base in 4 bits (bitsandbytes' CPU path),
+    and summarize + report mark every number of a random-weight model as not meaningful."""
+    from conftest import strategyqa_split
+
+    from askdraft import evaluate, report
+    from askdraft.random_base import write_random_model
+
+    base = write_random_model(tmp_path / "rand", "tiny", tiny_llama_dir)
+    results = tmp_path / "results"
+    evaluate.evaluate("rand", "base", base, ["strategyqa"], dev=strategyqa_split() / "strategyqa_dev.jsonl",
+                      limit=6, results=results, batch_size=4, dtype="nf4")
+    meta = json.loads(evaluate.eval_paths(results, "rand", "base", "strategyqa")[1].read_text())
+    assert meta["dtype"] == "nf4" and meta["n"] == 6
+    summary = evaluate.summarize("rand", results)
+    assert "Random weights" in summary["random_weights"]
+    text = report.write_report("rand", results).read_text()
+    assert "**Not results.** Random weights" in text
