@@ -24,6 +24,13 @@ export PYTHONUNBUFFERED := 1
 # CUDA's caching allocator grows segments instead of keeping one per size: less fragmentation
 # when sequence lengths change every batch (phase C skips the per-step empty_cache that hid it)
 export PYTORCH_CUDA_ALLOC_CONF ?= expandable_segments:True
+## GPU_MEM_GIB: cap every stage process's GPU memory at this many GiB (7.5: an 8 GB card); a stage that needs more fails
+GPU_MEM_GIB ?=
+ifneq ($(strip $(GPU_MEM_GIB)),)
+# every Python process of a stage applies it as it imports torch (tools/gpu_cap/sitecustomize.py)
+export ASKDRAFT_GPU_MEM_GIB := $(strip $(GPU_MEM_GIB))
+export PYTHONPATH := $(abspath $(dir $(THIS_MAKEFILE)))/tools/gpu_cap$(if $(PYTHONPATH),:$(PYTHONPATH),)
+endif
 
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 ## PROFILE: cpu | smoke | gpu | gpu-fast | gpu-7b-fast (recipe profiles and data size; default: gpu where nvidia-smi finds one, else cpu)
@@ -38,6 +45,8 @@ BASE ?= models/base/$(BASE_NAME)
 C_VARIANT ?=
 ## C_PROFILES: recipe profiles added to phase C only (e.g. published-losses)
 C_PROFILES ?=
+## C_SET: recipe overrides for phase C only, after its profiles (e.g. "--set micro_batch_size=4 --set gradient_accumulation_steps=8")
+C_SET ?=
 CV := $(if $(C_VARIANT),-$(C_VARIANT),)
 PAIRS := data/pairs$(CV).jsonl
 DPO_NAME := dpo_phaseC$(CV)
@@ -70,6 +79,10 @@ DRAFT_TOKENS_smoke := 48
 EVAL_LIMIT_smoke := 24
 ATTR_LIMIT_smoke := 4
 ATTR_LIMIT ?= $(or $(ATTR_LIMIT_$(PROFILE)),50)
+## ATTR_BATCH: IG path points a forward/backward pass in attribution (default: all 32 on a GPU, 8 on a CPU)
+# gpu-7b-fast: the backward of 32 points x ~200 tokens through a 7B needs ~20 GiB of activations
+ATTR_BATCH_gpu-7b-fast := 2
+ATTR_BATCH ?= $(ATTR_BATCH_$(PROFILE))
 JUDGE_LIMIT_smoke := 8
 JUDGE_LIMIT ?= $(or $(JUDGE_LIMIT_$(PROFILE)),50)
 # smoke: a 1-epoch, 64-row student rarely writes a parseable draft, and draft mode drops those
@@ -105,7 +118,13 @@ LIMIT ?= $(LIMIT_$(PROFILE))
 SFT_LIMIT := $(if $(LIMIT),--limit $(LIMIT),)
 ## DRAFT_TOKENS: new tokens a draft may have (a question draft with its tentative answer is up to ~105)
 DRAFT_TOKENS ?= $(or $(DRAFT_TOKENS_$(PROFILE)),128)
-DRAFT_LIMIT := $(if $(DRAFT_LIMIT_$(PROFILE)),--limit $(DRAFT_LIMIT_$(PROFILE)),) --max-new-tokens $(DRAFT_TOKENS)
+## DRAFT_ROWS: drafts a split (train, dev) at most (default: all; smoke: 32)
+DRAFT_ROWS ?= $(DRAFT_LIMIT_$(PROFILE))
+## LOAD_4BIT: 1 = drafts, eval and attribution load the model in NF4, as the recipes train it (gpu-7b-fast: a 7B within an 8 GB card)
+LOAD_4BIT_gpu-7b-fast := 1
+LOAD_4BIT ?= $(LOAD_4BIT_$(PROFILE))
+NF4 := $(if $(filter 1,$(LOAD_4BIT)),--load-in-4bit,)
+DRAFT_LIMIT := $(if $(DRAFT_ROWS),--limit $(DRAFT_ROWS),) --max-new-tokens $(DRAFT_TOKENS)
 ## DRAFT_ENGINE: generate (padded batches) | continuous (continuous batching, a paged KV cache; DRAFT_BATCH drafts a call)
 # gpu-fast: continuous batching, 512 drafts a call (the embedded drafts stage on the H200: 89 -> 66 s)
 DRAFT_ENGINE_gpu-fast := continuous
@@ -115,11 +134,13 @@ DRAFT_ENGINE ?= $(or $(DRAFT_ENGINE_$(PROFILE)),generate)
 # gpu-fast: 512 drafts of up to 256 tokens at once (2.9 GiB for the 135M), so that folds side by side share the card
 DRAFT_CACHE_TOKENS_gpu-fast := 131072
 DRAFT_CACHE_TOKENS ?= $(DRAFT_CACHE_TOKENS_$(PROFILE))
-DRAFT_GEN := $(DRAFT_LIMIT) --engine $(DRAFT_ENGINE) $(if $(DRAFT_CACHE_TOKENS),--cache-tokens $(DRAFT_CACHE_TOKENS),)
+DRAFT_GEN := $(DRAFT_LIMIT) $(NF4) --engine $(DRAFT_ENGINE) $(if $(DRAFT_CACHE_TOKENS),--cache-tokens $(DRAFT_CACHE_TOKENS),)
 # smoke: no generative strategyqa_cot (128 new tokens a question would double its eval time)
 ## COT_TASK: the generative strategyqa_cot task in phase B's eval ("strategyqa_cot,"; empty skips it)
 COT_TASK ?= $(if $(filter smoke,$(PROFILE)),,strategyqa_cot,)
-EVAL_LIMIT := $(if $(EVAL_LIMIT_$(PROFILE)),--limit $(EVAL_LIMIT_$(PROFILE)),)
+## EVAL_ROWS: dev questions each eval task scores at most (default: all 289; smoke: 24)
+EVAL_ROWS ?= $(EVAL_LIMIT_$(PROFILE))
+EVAL_LIMIT := $(if $(EVAL_ROWS),--limit $(EVAL_ROWS),)
 MERGED := models/cot_phaseB/merged
 RESULTS := results/$(MODEL_NAME)
 # the judge: an OpenAI-compatible server (JUDGE_URL, e.g. http://localhost:8000/v1, and JUDGE_MODEL;
@@ -194,6 +215,8 @@ models/cot_phaseB/adapter_model.safetensors: models/baseline_phaseA/adapter_mode
 	$(call RECIPE,phase_b,$(BASE))
 	$(TRAIN) $(RUNS)/phase_b.yaml
 
+# axolotl merges one base shard at a time: about 1.2 GB + 1.5 x the largest shard of RAM (`make base`
+# writes 2 GB shards: ~4 GB for a 7B), and writes the merged model (13.5 GB for a 7B in bf16)
 merge-b: models/cot_phaseB/merged/config.json ## B merged into the base: phase C's start and reference
 models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
@@ -216,7 +239,7 @@ $(PAIRS): $(PAIR_INPUTS)
 
 phase-c: $(DPO)/adapter_model.safetensors ## C: DPO with the plugin's schedule on merged B
 $(DPO)/adapter_model.safetensors: $(PAIRS) $(MERGED)/config.json
-	$(call RECIPE,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p)),$(CV))
+	$(call RECIPE,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p))$(if $(C_SET), $(C_SET),),$(CV))
 	$(TRAIN) $(RUNS)/phase_c$(CV).yaml
 	rm -f $(DPO)/model.safetensors  # axolotl also saves the whole model beside the adapter
 
@@ -252,7 +275,7 @@ ABLATION_TASKS := strategyqa_draft,strategyqa_nodraft,strategyqa_shuffleddraft,s
 ORACLE_TASKS := strategyqa_teacher_noconclusion,strategyqa_teacher_gold,strategyqa_teacher_flipped,strategyqa_teacher_shuffled,strategyqa_emptydraft
 # the draft's sub-questions answered from the BM25 store of StrategyQA facts; controls: the question alone, the gold decomposition
 ANSWERED_TASKS := strategyqa_answered_draft,strategyqa_answered_question,strategyqa_answered_gold
-EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --batch-size $(EVAL_BATCH) $(EVAL_LIMIT)
+EVAL = $(ASKDRAFT) evaluate --model-name $(MODEL_NAME) --batch-size $(EVAL_BATCH) $(EVAL_LIMIT) $(if $(NF4),--dtype nf4,)
 eval: $(RESULTS)/evals/.done ## lm-eval of base, A, B, C with the draft ablations
 $(RESULTS)/evals/.done: $(C_DRAFTS)/REPORT.json
 	$(EVAL) --stage base --base $(BASE) --tasks strategyqa
@@ -266,9 +289,9 @@ $(RESULTS)/evals/.done: $(C_DRAFTS)/REPORT.json
 attribution: $(RESULTS)/attribution/after_dpo.json ## Integrated Gradients share on the draft, before and after DPO
 $(RESULTS)/attribution/after_dpo.json: $(C_DRAFTS)/REPORT.json
 	$(PY) tools/attention_tools.py --base $(MERGED) --drafts $(B_DRAFTS)/dev.jsonl \
-	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution/before_dpo.json --heatmaps $(RESULTS)/attribution/heatmaps_before
+	  --limit $(ATTR_LIMIT) --out $(RESULTS)/attribution/before_dpo.json --heatmaps $(RESULTS)/attribution/heatmaps_before $(NF4) $(if $(ATTR_BATCH),--internal-batch-size $(ATTR_BATCH),)
 	$(PY) tools/attention_tools.py --base $(MERGED) --adapter $(DPO) --drafts $(C_DRAFTS)/dev.jsonl \
-	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/attribution/heatmaps_after
+	  --limit $(ATTR_LIMIT) --out $@ --heatmaps $(RESULTS)/attribution/heatmaps_after $(NF4) $(if $(ATTR_BATCH),--internal-batch-size $(ATTR_BATCH),)
 
 judge: $(RESULTS)/judge.json ## LLM judge of C's vs B's clarifying questions (JUDGE_URL or JUDGE_SERVE)
 $(RESULTS)/judge.json: $(C_DRAFTS)/REPORT.json
@@ -281,7 +304,8 @@ report: | eval attribution judge ## summary.json with CIs, report.md + PNGs in r
 	$(ASKDRAFT) summarize --model-name $(MODEL_NAME)
 	$(ASKDRAFT) report --model-name $(MODEL_NAME)
 
-# the whole pipeline, stage by stage, each stage's wall time into results/<model>/wall_times.json
+# the whole pipeline, stage by stage, each stage's wall time into results/<model>/wall_times.json and
+# its resources (wall time, GPU and CPU memory peaks, disk written) into results/<model>/stages.json
 pipeline: | $(SETUP) ## every stage above in order, in one process; resumes at the first stale stage
 	PROFILE=$(PROFILE) PY=$(PY) MODEL_NAME=$(MODEL_NAME) $(PY) tools/run_stages.py $(if $(ISOLATE),--isolate,) $(if $(JOBS),--jobs $(JOBS),)
 
@@ -332,7 +356,7 @@ clean-runs: ## remove the composed recipes (runs/) and axolotl's prepared datase
 BENCH_ARGS ?= --ablate
 bench: data/sft/REPORT.json | $(SETUP) ## the recipes through axolotl train at the Llama-2-7B shape (random NF4): plain vs tuned vs each switch -> results/bench.json + .png
 	$(PY) -m askdraft.bench $(BENCH_ARGS)
-	$(PY) tools/doc_tables.py --only results/performance.md
+	$(PY) tools/doc_tables.py --only results/performance.md --only README.md
 
 ## SPEED_GPUS: GPU ids of speed-study: two (multi-GPU, then plain and tuned side by side) or one (all in turn)
 SPEED_GPUS ?= 0,1

@@ -252,23 +252,39 @@ def performance_table(path=BENCH):
     return "\n".join(out).rstrip()
 
 
-def readme_speed_table(path=BENCH):
-    """README.md: per phase the plain recipe vs the fastest row within 7 GiB (what gpu-7b-fast and
-    dpo-7b-fast set), on the first device of bench.json (the rest: results/performance.md)."""
-    if not path.is_file():
-        return "No measurements yet: `make bench` on a GPU."
-    doc = json.loads(path.read_text(encoding="utf-8"))
+def speed_pairs(doc):
+    """{phase: (plain row, fastest row within 7 GiB)} for the first device and model of bench.json,
+    both rows from one `make bench` run: the latest run that measured the phase both ways (a speed-up
+    divides rows of one run only; runs differ in commit, data and the state of the host)."""
     ok = [r for r in doc["rows"] if "error" not in r]
     device, model = ok[0]["device"], ok[0]["model"]["name"]
-    pick = {(r["phase"], r["config"]): r for r in ok if (r["device"], r["model"]["name"]) == (device, model)}
-    plain = {phase: r for (phase, config), r in pick.items() if config == "plain"}
-    fastest = pipeline_estimate(doc, device, model).get("fastest", {}).get("stages", {})
-    out = [f"| phase (`make bench`, {device}) | the recipe: s/step | fastest within 7 GiB (`--profile gpu-7b-fast`): s/step "
-           "| speed-up | peak reserved GiB |", "|---|---|---|---|---|"]
-    for phase in sorted(set(plain) & set(fastest)):
-        p, t = plain[phase], pick[(phase, fastest[phase]["config"])]
-        out.append(f"| {phase} | {p['step_s']['median']:.2f} | {t['step_s']['median']:.2f} ({t['config']}, "
-                   f"{str(t['commit'])[:7]}) | {p['step_s']['median'] / t['step_s']['median']:.1f}x | {t['peak_reserved_gib']:.2f} |")
+    pairs = {}
+    for run_id in sorted({r.get("run_id") for r in ok if r.get("run_id")}, reverse=True):
+        rows = [r for r in ok if r.get("run_id") == run_id and (r["device"], r["model"]["name"]) == (device, model)]
+        plain = {r["phase"]: r for r in rows if r["config"] == "plain"}
+        fastest = pipeline_estimate({**doc, "rows": rows}, device, model).get("fastest", {}).get("stages", {})
+        for ph in sorted(set(plain) & set(fastest) - set(pairs)):
+            pairs[ph] = (plain[ph], next(r for r in rows if (r["phase"], r["config"]) == (ph, fastest[ph]["config"])))
+    return dict(sorted(pairs.items()))
+
+
+def readme_speed_table(path=BENCH):
+    """README.md: per phase the plain recipe vs the fastest row within 7 GiB (what gpu-7b-fast and
+    dpo-7b-fast set), both rows from the same `make bench` run, named in the row (every row:
+    results/performance.md)."""
+    if not path.is_file():
+        return "No measurements yet: `make bench` on a GPU."
+    pairs = speed_pairs(json.loads(path.read_text(encoding="utf-8")))
+    if not pairs:
+        return "No `make bench` run in results/bench.json measured a phase both plain and tuned."
+    device = next(iter(pairs.values()))[0]["device"]
+    out = [f"| phase (`make bench`, {device}) | run (commit) | the recipe: s/step "
+           "| fastest within 7 GiB (`--profile gpu-7b-fast`): s/step | speed-up | peak reserved GiB |",
+           "|---|---|---|---|---|---|"]
+    for phase, (p, t) in pairs.items():
+        out.append(f"| {phase} | {p['run_id']} ({str(p['commit'])[:7]}) | {p['step_s']['median']:.2f} "
+                   f"| {t['step_s']['median']:.2f} ({t['config']}) "
+                   f"| {p['step_s']['median'] / t['step_s']['median']:.1f}x | {t['peak_reserved_gib']:.2f} |")
     return "\n".join(out)
 
 

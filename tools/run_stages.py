@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Run pipeline stages (make targets) in order, in ONE Python process, and record each stage's wall
-time in results/<model>/wall_times.json (read by `askdraft summarize`).
+time in results/<model>/wall_times.json (read by `askdraft summarize`) and its resources (wall time,
+GPU and CPU memory peaks, disk written: askdraft.stage_resources) in results/<model>/stages.json.
 
 make stays the single source of what a stage runs and whether it is stale: for each stage the
 runner asks `make -q` (up to date? skip, keeping its recorded time), then `make -n` (the command
@@ -32,6 +33,9 @@ import threading
 import time
 import traceback
 from pathlib import Path
+
+from askdraft import gpu_cap
+from askdraft.stage_resources import StageMonitor, record_stage
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"  # --makefile; its folder is the cwd
 STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval attribution judge report".split()
@@ -138,6 +142,20 @@ def gpu_memory_left():
     if torch is None or not torch.cuda.is_available():
         return ""
     return f" ({torch.cuda.memory_allocated() / 2**30:.2f} GiB of GPU memory still allocated)"
+
+
+def cap_gpu_memory():
+    """make's GPU_MEM_GIB (in the environment when the runner is started by hand) as the
+    ASKDRAFT_GPU_MEM_GIB every stage process applies: here now, in child processes through
+    tools/gpu_cap/sitecustomize.py on PYTHONPATH. A bad value raises gpu_cap.CapError."""
+    if os.environ.get("GPU_MEM_GIB", "").strip():
+        os.environ[gpu_cap.ENV] = os.environ["GPU_MEM_GIB"].strip()
+    if gpu_cap.cap_gib() is not None:
+        hook = str(Path(__file__).resolve().parent / "gpu_cap")
+        paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+        if hook not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join([hook] + [p for p in paths if p])
+        gpu_cap.install()
 
 
 def run_line(line, python, isolate):
@@ -261,7 +279,30 @@ def main(argv=None):
     os.environ.update(EXPORTS)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # the Makefile's `?=`
     python = os.environ.get("PY") or sys.executable  # the make lines start with $(PY) verbatim
-    times_path = MAKEFILE.parent / "results" / os.environ.get("MODEL_NAME", "SmolLM2-135M-Instruct") / "wall_times.json"
+    results_dir = MAKEFILE.parent / "results" / os.environ.get("MODEL_NAME", "SmolLM2-135M-Instruct")
+    times_path = results_dir / "wall_times.json"
+    try:
+        cap_gpu_memory()
+    except gpu_cap.CapError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_record:
+        gpu_cap.RECORD_PEAKS_AT_EXIT = False  # StageMonitor reads this process's peak itself
+
+    def measured(stages, run):
+        """run() under a StageMonitor; each stage's record into results/<model>/stages.json."""
+        if args.no_record:
+            return run()
+        with StageMonitor(MAKEFILE.parent) as monitor:
+            outcome = run()
+        codes = outcome if isinstance(outcome, dict) else {stages[0]: (outcome, None)}
+        for name in stages:
+            if name in codes:
+                rec = dict(monitor.record, **({"side_by_side": stages} if len(stages) > 1 else {}))
+                if codes[name][1] is not None:
+                    rec["wall_s"] = round(codes[name][1], 1)
+                record_stage(results_dir / "stages.json", MAKEFILE.parent, name, rec, codes[name][0])
+        return outcome
     done = set()
     for stage in args.stages:
         if stage in done:
@@ -272,7 +313,7 @@ def main(argv=None):
         group = next((g for g in SIBLINGS if stage in g), ()) if args.jobs > 1 else ()
         stale = [s for s in args.stages if s in group and s not in done and (s == stage or not is_up_to_date(s))]
         if len(stale) > 1:
-            results = run_siblings(stale, args.jobs, python, args.isolate)
+            results = measured(stale, lambda: run_siblings(stale, args.jobs, python, args.isolate))
             done.update(stale)
             for name in stale:  # in the command line's order
                 if name in results and results[name][0] == 0:
@@ -286,7 +327,7 @@ def main(argv=None):
             continue
         print(f"== {stage}", flush=True)
         start = time.time()
-        code = run_stage(stage, python, args.isolate)
+        code = measured([stage], lambda: run_stage(stage, python, args.isolate))
         if code:
             return code
         if not args.no_record:

@@ -43,9 +43,9 @@ SENTINEL = "\x00DRAFT\x00"
 
 # ---------------------------------------------------------------- model
 
-def load_model(base, adapter=None, device=None):
+def load_model(base, adapter=None, device=None, load_in_4bit=False):
     """(model, tokenizer) in eval mode, the adapter kept apart: askdraft.models.load_model."""
-    return models.load_model(base, adapter, device)
+    return models.load_model(base, adapter, device, load_in_4bit)
 
 
 # ---------------------------------------------------------------- spans and shares
@@ -211,7 +211,7 @@ def load_rows(drafts, dev=None, limit=None):
 
 def run(args):
     rows = load_rows(args.drafts, args.dev, args.limit)
-    model, tok = load_model(args.base, args.adapter)
+    model, tok = load_model(args.base, args.adapter, load_in_4bit=args.load_in_4bit)
     max_len = getattr(model.config, "max_position_embeddings", None)
     for r in rows:  # fail before the slow part, not halfway through it
         e = encode(tok, r["question"], r["draft"], r["answer"])
@@ -267,6 +267,7 @@ def add_arguments(p):
     p.add_argument("--num-heatmaps", type=_at_least(0), default=3,
                    help="PNGs for the first N questions")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--load-in-4bit", action="store_true", help="NF4 base (bitsandbytes), as the 7B recipes train it")
     p.set_defaults(func=run)
     return p
 

@@ -8,7 +8,14 @@ from askdraft.io import InputError
 
 
 def run(args):
-    """Run a parsed command (its `func`); an InputError becomes a message on stderr and exit 2."""
+    """Run a parsed command (its `func`); an InputError becomes a message on stderr and exit 2.
+    ASKDRAFT_GPU_MEM_GIB caps the command's GPU memory (askdraft.gpu_cap) before it allocates."""
+    from askdraft import gpu_cap
+    try:
+        gpu_cap.install()
+    except gpu_cap.CapError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         return args.func(args) or 0
     except InputError as e:

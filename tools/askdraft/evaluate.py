@@ -124,8 +124,13 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
     if not todo:
         return {}
     device, device_name = device_and_dtype()
-    lm = HFLM(pretrained=str(base), peft=adapter and str(adapter), dtype=dtype, device=device,
-              batch_size=batch_size)
+    if dtype == "nf4":  # a 7B within an 8 GB card, as the recipes train it: HFLM takes no quantization
+        # option of its own (it passes the checkpoint's), so the model comes from askdraft's loader
+        model, tok = models.load_model(base, adapter, device, load_in_4bit=True)
+        lm = HFLM(pretrained=model, tokenizer=tok, batch_size=batch_size)
+    else:
+        lm = HFLM(pretrained=str(base), peft=adapter and str(adapter), dtype=dtype, device=device,
+                  batch_size=batch_size)
     if dtype != "float32":
         float32_head(lm.model)
     started, t0 = now(), time.time()
@@ -286,6 +291,7 @@ def provenance(evals, wall_times=None, data_dir=REPO_ROOT / "data"):
 def summarize(model_name, results="results", ablation_stage=None, attribution_dir=None,
               judge=None, wall_times=None, data_dir=REPO_ROOT / "data"):
     """Build and write results/<model>/summary.json; returns it."""
+    from askdraft.random_base import random_weights_note
     root = Path(results) / model_name
     evals = load_evals(results, model_name)
     if not evals:
@@ -328,6 +334,7 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
         "attribution_draft_share": {w: attribution_share(attribution_dir / f"{w}.json", root)
                                     for w in ("before_dpo", "after_dpo")},
         "judge": judge_entry(Path(judge or root / "judge.json"), root),
+        "random_weights": random_weights_note(m["base"] for m, _ in evals.values()),
         "provenance": prov}
     write_json(root / "summary.json", summary)
     return summary
@@ -372,8 +379,9 @@ def add_cli(sub):
     p.add_argument("--shuffle-seed", type=int, default=1234)
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--force", action="store_true", help="re-run tasks that already have results")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="model weights (default float32); the LM head scores in float32 either way")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16", "nf4"),
+                   help="model weights (default float32; nf4: a 4-bit base computing in bf16); the LM head "
+                        "scores in float32 either way")
     p.set_defaults(func=_evaluate_cmd)
 
     p = sub.add_parser("summarize", help="pool the evaluations into results/<model>/summary.json")

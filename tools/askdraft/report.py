@@ -275,6 +275,10 @@ def write_report(model, results="results"):
     """Write results/<model>/report.md and its PNGs; returns the report's path."""
     s, root = load_summary(model, results), Path(results) / model
     parts = [f"# {model}: evaluation report\n\n{CI_NOTE}"]
+    if s.get("random_weights"):
+        parts.append(f"**Not results.** {s['random_weights']} Every accuracy, "
+                     "difference, attribution share and verdict below is of that model and says nothing "
+                     "about the method.")
     for name, (title, _, _, png) in SECTIONS.items():
         md, fig = section(name, s, root)
         parts.append(f"## {title}\n\n{md}")
