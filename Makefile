@@ -166,7 +166,7 @@ PACK_ROWS ?= $(PACK_ROWS_$(PROFILE))
 PACK = $(if $(and $(PACK_ROWS),$(filter phase_a phase_b,$(1))), --pack-rows $(PACK_ROWS),)
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2)$(PACK) $(3) -o $(RUNS)/$(1)$(4).yaml
 
-.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts drafts-sampled pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge report pipeline phase-b-multi phase-c-multi multi-gpu-bench speed-study clean-runs help
+.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts drafts-sampled pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge quality report pipeline phase-b-multi phase-c-multi multi-gpu-bench speed-study clean-runs help
 # `make help`: each `target: ... ## text` line, then each `## VAR: text` line with VAR's value here
 HELP_VARS = $(shell sed -n 's/^## \([A-Z_]*\): .*/\1/p' $(THIS_MAKEFILE))
 help: ## this list: the targets, then the variables (make TARGET VAR=value) and their values here
@@ -300,7 +300,11 @@ $(RESULTS)/judge.json: $(C_DRAFTS)/REPORT.json
 	  --name-a $(DPO_NAME) --name-b cot_phaseB $(if $(JUDGE_URL),--base-url $(JUDGE_URL),--serve $(JUDGE_SERVE)) \
 	  $(if $(JUDGE_MODEL),--model $(JUDGE_MODEL),) --mode $(JUDGE_MODE) --limit $(JUDGE_LIMIT) --out $@ || [ $$? -eq 1 ]; fi
 
-report: | eval attribution judge ## summary.json with CIs, report.md + PNGs in results/<model>/
+quality: $(RESULTS)/question_quality.json ## question quality: recall@5 of the gold facts B's and C's dev sub-questions find (BM25 fact store)
+$(RESULTS)/question_quality.json: $(C_DRAFTS)/REPORT.json
+	$(ASKDRAFT) question-quality --stage B=$(B_DRAFTS)/dev.jsonl --stage C=$(C_DRAFTS)/dev.jsonl -o $@
+
+report: | eval attribution judge quality ## summary.json with CIs, report.md + PNGs in results/<model>/
 	$(ASKDRAFT) summarize --model-name $(MODEL_NAME)
 	$(ASKDRAFT) report --model-name $(MODEL_NAME)
 

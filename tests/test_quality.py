@@ -278,3 +278,29 @@ def test_sampled_draft_sets_are_seeded(tiny_llama_dir, tmp_path):
                    seed=seed, max_new_tokens=12, temperature=0.8)
         texts[name] = [json.loads(x)["draft"] for x in (tmp_path / "drafts" / name / "train.jsonl").read_text().splitlines()]
     assert texts["s2"] == texts["s2_again"] and texts["s2"] != texts["s3"]
+
+
+def test_question_quality_stages_paired(tmp_path):
+    """--stage B=... --stage C=...: each stage's recall as --drafts scores it, C - B paired per question."""
+    toy = write_toy(tmp_path / "decompositions.jsonl")
+    b = write_jsonl(tmp_path / "b.jsonl", DRAFTS)
+    better = [{**DRAFTS[0]}, {**DRAFTS[1]}, {"question": TOY[2]["question"], "draft": draft("What is coffee made from?")}]
+    c = write_jsonl(tmp_path / "c.jsonl", better[::-1])  # another order: paired by question, not by line
+    out = tmp_path / "qq.json"
+    r = cli("question-quality", "--stage", f"B={b}", "--stage", f"C={c}", "--decompositions", toy, "--k", 2, "-o", out)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    single = {}
+    for name, path in (("B", b), ("C", c)):
+        one = tmp_path / f"{name}.json"
+        assert cli("question-quality", "--drafts", path, "--decompositions", toy, "--k", 2, "-o", one).returncode == 0
+        single[name] = {row["question"]: row["recall"]["draft"] for row in json.loads(one.read_text())["per_question"]}
+    for row in res["per_question"]:
+        assert row["recall"]["B"] == single["B"][row["question"]] and row["recall"]["C"] == single["C"][row["question"]]
+    d = res["differences"]["C - B"]
+    diffs = [row["recall"]["C"] - row["recall"]["B"] for row in res["per_question"]]
+    assert d["diff"] == pytest.approx(sum(diffs) / len(diffs)) and d["better"] == 1 and d["worse"] == 0
+    assert quality.summary_entry(out)["recall"]["C"]["mean"] == pytest.approx(sum(single["C"].values()) / 3)
+    fewer = write_jsonl(tmp_path / "fewer.jsonl", DRAFTS[:2])
+    r = cli("question-quality", "--stage", f"B={b}", "--stage", f"C={fewer}", "--decompositions", toy, "-o", tmp_path / "x.json")
+    assert r.returncode != 0 and "other questions" in r.stderr and not (tmp_path / "x.json").exists()

@@ -38,13 +38,13 @@ from askdraft import gpu_cap
 from askdraft.stage_resources import StageMonitor, record_stage
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"  # --makefile; its folder is the cwd
-STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval attribution judge report".split()
+STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval attribution judge quality report".split()
 # what the Makefile exports to every recipe line
 EXPORTS = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
 SHELL_SYNTAX = set(";&|<>()")
 # stages that depend only on earlier stages, not on each other: --jobs N runs them side by side
-SIBLINGS = [("eval", "attribution", "judge")]
+SIBLINGS = [("eval", "attribution", "judge", "quality")]
 
 
 def make(*args):

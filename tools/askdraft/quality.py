@@ -78,6 +78,55 @@ def summarize(per_question):
             "differences": {f"{a} - {b}": compare(vectors[a], vectors[b]) for a, b in DIFFERENCES}}
 
 
+def score_stages(stage_rows, store, k=DEFAULT_K):
+    """Several models' drafts of the same questions, paired: {stage: rows} -> per-question recall of
+    each stage's sub-questions beside the two controls, each stage's mean, and the differences
+    between stages (every later stage minus the first, e.g. C - B) and against the question alone."""
+    stages = list(stage_rows)
+    questions = [r["question"] for r in stage_rows[stages[0]]]
+    drafts = {s: {r["question"]: r["draft"] for r in rows} for s, rows in stage_rows.items()}
+    for s in stages[1:]:
+        if set(drafts[s]) != set(questions):
+            raise InputError(f"stage {s}", None, f"its drafts cover other questions than stage {stages[0]}'s "
+                                                 f"({len(drafts[s])} vs {len(questions)}): nothing to pair")
+    per_question = []
+    for q in questions:
+        row = score_question(store, q, drafts[stages[0]][q], k)
+        row["recall"] = {"question": row["recall"]["question"],
+                         "gold_decomposition": row["recall"]["gold_decomposition"],
+                         **{s: draft_recall(store, q, drafts[s][q], k)[0] for s in stages}}
+        del row["n_subquestions"]
+        per_question.append(row)
+    vectors = {name: [r["recall"][name] for r in per_question] for name in ("question", "gold_decomposition", *stages)}
+    pairs = [(s, stages[0]) for s in stages[1:]] + [(s, "question") for s in stages] + [("gold_decomposition", "question")]
+    return {"k": k, "n": len(per_question), "stages": stages, "store": store.describe(),
+            "recall": {name: stats.mean_ci(v) for name, v in vectors.items()},
+            "differences": {f"{a} - {b}": compare(vectors[a], vectors[b]) for a, b in pairs},
+            "per_question": per_question}
+
+
+def run_stages(stage_files, out, k=DEFAULT_K, decompositions=DECOMPOSITIONS):
+    """`--stage NAME=FILE ...`: score_stages over drafts files, written to `out` (atomically)."""
+    store = build_store(decompositions)
+    rows = {name: read_checked_drafts(path, store) for name, path in stage_files.items()}
+    result = {"drafts": {name: relative(path) for name, path in stage_files.items()},
+              "drafts_sha256": {name: sha256_file(path) for name, path in stage_files.items()},
+              **score_stages(rows, store, k)}
+    write_json(out, result)
+    print_summary(result, out)
+    return result
+
+
+def summary_entry(path):
+    """The compact block summary.json carries (means and differences, no per-question rows), or None."""
+    import json
+    path = Path(path)
+    if not path.is_file():
+        return None
+    r = json.loads(path.read_text(encoding="utf-8"))
+    return {k: r[k] for k in ("k", "n", "stages", "recall", "differences") if k in r} | {"file": path.name}
+
+
 def default_out(drafts):
     drafts = Path(drafts)
     return drafts.with_name(drafts.stem + ".question_quality.json")
@@ -117,14 +166,33 @@ def print_summary(result, out):
               f"better {d['better']}, worse {d['worse']}, sign test p {d['sign_test_p']:.2g}")
 
 
+def stage_arg(text):
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE (e.g. B=data/drafts/cot_phaseB/dev.jsonl), got {text!r}")
+    return name, path
+
+
 def cmd(args):
+    if bool(args.drafts) == bool(args.stage):
+        raise InputError("question-quality", None, "give either --drafts FILE or --stage NAME=FILE (repeatable)")
+    if args.stage:
+        if not args.out:
+            raise InputError("--out", None, "--stage needs -o/--out (e.g. results/<model>/question_quality.json)")
+        if args.store_split:
+            raise InputError("--store-split", None, "--stage scores with the whole store")
+        run_stages(dict(args.stage), args.out, args.k, args.decompositions)
+        return
     run(args.drafts, args.out, args.k, args.decompositions, args.store_split)
 
 
 def add_cli(sub):
     p = sub.add_parser("question-quality", help="recall@k of the gold facts found by a draft's sub-questions",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--drafts", required=True, help="drafts JSONL, e.g. data/drafts/cot_phaseB/dev.jsonl")
+    p.add_argument("--drafts", help="drafts JSONL, e.g. data/drafts/cot_phaseB/dev.jsonl")
+    p.add_argument("--stage", action="append", type=stage_arg, metavar="NAME=FILE",
+                   help="several models' drafts of the same questions, paired (e.g. --stage B=... --stage C=...): "
+                        "each one's recall, later stages minus the first, each minus the question alone")
     p.add_argument("--k", type=positive_int, default=DEFAULT_K, help="facts retrieved per question (default 5)")
     p.add_argument("--decompositions", default=str(DECOMPOSITIONS), help="StrategyQA facts and decompositions")
     p.add_argument("--store-split", help="hold only this split file's questions' facts (default: every question's)")
