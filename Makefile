@@ -253,7 +253,7 @@ SG_DRAFTS := $(call drafts_of,$(DPO_NAME)_sg)
 sg: $(SG_LAST)/ROUND.json ## optional self-guided loop: SG_ROUNDS more DPO rounds on C's own drafts
 $(SG_LAST)/ROUND.json: $(DPO)/adapter_model.safetensors
 	$(PY) tools/iterate_dpo.py --rounds $(SG_ROUNDS) --start-base $(MERGED) --start-adapter $(DPO) --out $(SG) \
-	  --data-out data/sg$(CV) --mode $(PAIR_MODE) --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT) \
+	  --data-out data/sg$(CV) --mode $(PAIR_MODE) $(if $(filter quality,$(PAIR_MODE)),--temperature $(SAMPLE_TEMPERATURE),) --batch-size $(DRAFT_BATCH) $(DRAFT_LIMIT) \
 	  $(foreach p,$(PROFILES_$(PROFILE)) $(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p))
 sg-eval: $(RESULTS)/evals/SG.strategyqa_draft.json ## the SG model's own dev drafts, its accuracy with and without them
 $(RESULTS)/evals/SG.strategyqa_draft.json: $(SG_LAST)/ROUND.json

@@ -7,6 +7,9 @@ The model after round k-1 is (start, adapter): round 0 is phase C, i.e. models/c
 models/dpo_phaseC_sg/round_k/. Round k:
   1. drafts: the current model (start + adapter) drafts train and dev -> data/sg/round_k/{train,dev}.jsonl
   2. pairs from the train drafts (empty drafts dropped)              -> data/sg/round_k/pairs.jsonl
+     (--mode quality: two more train-draft sets sampled by the current model (--temperature, seeds
+     2 and 3) -> data/sg/round_k_s{2,3}/train.jsonl, ordered by question quality as `askdraft pairs
+     --mode quality` does)
   3. `axolotl merge-lora`: the current adapter merged into its start  -> models/dpo_phaseC_sg/round_k/start/
   4. `axolotl train`: ONE epoch of recipes/phase_c.yaml, a fresh adapter on that merged model
                                                                       -> models/dpo_phaseC_sg/round_k/
@@ -94,13 +97,23 @@ def run_round(k, start, adapter, args):
     cfg = compose(args.recipe, args.profile, args.set)
     entry = one_epoch_entry(cfg.get("askdraft_schedule"), args.loss, args.recipe)
     print(f"round {k}: drafts by {start} + {adapter}")
-    draft_counts = drafts.run(start, f"round_{k}", adapter, args.splits.split(","), args.data,
+    splits = [sp for sp in args.splits.split(",") if sp != "train" or args.mode != "quality"]  # quality: sampled below
+    draft_counts = drafts.run(start, f"round_{k}", adapter, splits, args.data,
                               args.data_out, args.batch_size, args.limit, load_in_4bit=args.load_in_4bit,
                               max_new_tokens=args.max_new_tokens)
     # drafts.run wrote <data-out>/round_k/{train,dev}.jsonl and REPORT.json
-    report = pairs.run(data_dir / "train.jsonl", Path(args.data) / drafts.SPLITS["train"],
+    train_drafts, quality = data_dir / "train.jsonl", {}
+    if args.mode == "quality":
+        sampled = []
+        for seed in (2, 3):
+            drafts.run(start, f"round_{k}_s{seed}", adapter, ["train"], args.data, args.data_out, args.batch_size,
+                       args.limit, load_in_4bit=args.load_in_4bit, seed=seed, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature)
+            sampled.append(Path(args.data_out) / f"round_{k}_s{seed}" / "train.jsonl")
+        train_drafts, quality = sampled[0], {"drafts_2": sampled[1]}
+    report = pairs.run(train_drafts, Path(args.data) / drafts.SPLITS["train"],
                        data_dir / "pairs.jsonl", args.mode, tokenizer=start,
-                       max_len=cfg["sequence_len"] - 2, allow_empty=True)
+                       max_len=cfg["sequence_len"] - 2, allow_empty=True, **quality)
     cfg["datasets"] = [{**cfg["datasets"][0], "path": str(data_dir / "pairs.jsonl")}]
     merge(cfg, start, adapter, out / "start", data_dir / "merge_lora.yaml")
     cfg.update(base_model=str(out / "start"), output_dir=str(out), num_epochs=1,
@@ -112,7 +125,8 @@ def run_round(k, start, adapter, args):
         "round": k, "drafted_by": {"start": str(start), "adapter": str(adapter)},
         "start": str(out / "start"), "adapter": str(out), "loss": entry, "mode": args.mode,
         "drafts": draft_counts, "pairs": {key: report[key] for key in
-                                          ("pairs", "flipped", "flip_share", "unparsed_drafts", "dropped")},
+                                          ("pairs", "flipped", "flip_share", "unparsed_drafts", "dropped",
+                                           "rule", "mean_recall") if key in report},
         "recipe": str(data_dir / "phase_c.yaml"), "seconds": round(time.time() - t0, 1)})
     print(f"round {k}: finished -> {out}")
     return out / "start", out
@@ -132,8 +146,9 @@ def main(argv=None):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override (the loop's own keys win: base_model, output_dir, datasets, "
                         "num_epochs, askdraft_schedule, dataset_prepared_path)")
-    p.add_argument("--mode", choices=pairs.ONE_DRAFT_MODES, default="draft",
-                   help="pair mode (see askdraft pairs; quality pairs need two sampled draft sets)")
+    p.add_argument("--mode", choices=pairs.MODES, default="draft",
+                   help="pair mode (see askdraft pairs; quality: two train-draft sets sampled by the current model)")
+    p.add_argument("--temperature", type=float, default=0.8, help="--mode quality: the sampled drafts' temperature")
     p.add_argument("--loss", choices=LOSSES, default="robust",
                    help="the round's schedule entry, from the recipe's: robust its last, cal its first with "
                         "calibration on, plain its last with calibration and robustness off")

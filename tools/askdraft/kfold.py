@@ -30,7 +30,10 @@ from askdraft.report import write_report
 
 # name: (pair mode, phase C recipe profiles); "seed" is the seed's settings unchanged
 CANDIDATES = {"seed": ("draft", ""), "answer-rpo": ("answer", "c-answer-rpo"),
-              "draft-rpo": ("draft", "c-draft-rpo")}
+              "draft-rpo": ("draft", "c-draft-rpo"),
+              # two drafts sampled from B per training question, the one whose sub-questions find more of
+              # its gold facts chosen; compared per token with the NLL term on the chosen draft, as draft-rpo
+              "quality": ("quality", "c-draft-rpo")}
 PREP = ["sft", "phase-a", "phase-b", "merge-b", "drafts"]
 CANDIDATE_STAGES = ["pairs", "phase-c", "val-c"]
 FINAL = ["drafts-c", "eval", "attribution", "sg", "sg-eval", "judge", "report"]
