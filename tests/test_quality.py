@@ -304,3 +304,23 @@ def test_question_quality_stages_paired(tmp_path):
     fewer = write_jsonl(tmp_path / "fewer.jsonl", DRAFTS[:2])
     r = cli("question-quality", "--stage", f"B={b}", "--stage", f"C={fewer}", "--decompositions", toy, "-o", tmp_path / "x.json")
     assert r.returncode != 0 and "other questions" in r.stderr and not (tmp_path / "x.json").exists()
+
+
+def test_summary_and_report_show_question_quality(tmp_path):
+    """make quality's file -> summary.json's question_quality block -> report.md's table and PNG."""
+    from askdraft import evaluate, report
+    from askdraft.io import write_json, write_jsonl as write_rows
+
+    toy = write_toy(tmp_path / "decompositions.jsonl")
+    b = write_jsonl(tmp_path / "b.jsonl", DRAFTS)
+    res = quality.run_stages({"B": b, "C": b}, tmp_path / "m" / "question_quality.json", k=2, decompositions=toy)
+    jsonl, meta = evaluate.eval_paths(tmp_path, "m", "C", "strategyqa_draft")
+    write_rows(jsonl, [{"question": d["question"], "correct": i % 2} for i, d in enumerate(DRAFTS)])
+    write_json(meta, {"stage": "C", "task": "strategyqa_draft", "acc": 1 / 3, "n": 3, "base": "b", "adapter": "a",
+                      "dev_sha256": "0" * 64, "drafts_sha256": None, "device": "cpu", "run_wall_s": 1.0,
+                      "run_started": "t", "commit": "c" * 40})
+    s = evaluate.summarize("m", tmp_path)
+    assert s["question_quality"]["recall"] == res["recall"] and "per_question" not in s["question_quality"]
+    md = report.write_report("m", tmp_path).read_text()
+    assert "Question quality" in md and f"{res['recall']['B']['mean']:.3f}" in md and "C − B" not in md
+    assert "| C - B | +0.000 |" in md and (tmp_path / "m" / "question_quality.png").stat().st_size > 1000

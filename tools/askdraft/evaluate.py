@@ -22,7 +22,7 @@ import json
 import time
 from pathlib import Path
 
-from askdraft import REPO_ROOT, answerer, git_commit, models, stats
+from askdraft import REPO_ROOT, answerer, git_commit, models, quality, stats
 from askdraft.io import InputError, positive_int, read_jsonl, sha256_file, write_json, write_jsonl
 from askdraft.records import read_split
 
@@ -334,6 +334,7 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
         "attribution_draft_share": {w: attribution_share(attribution_dir / f"{w}.json", root)
                                     for w in ("before_dpo", "after_dpo")},
         "judge": judge_entry(Path(judge or root / "judge.json"), root),
+        "question_quality": quality.summary_entry(root / "question_quality.json"),
         "random_weights": random_weights_note(m["base"] for m, _ in evals.values()),
         "provenance": prov}
     write_json(root / "summary.json", summary)

@@ -105,6 +105,9 @@ def run_fold(root, f, candidates, base_env, model, final_stages):
     record = {"fold": f, "validation": val, "chosen": chosen, "finished": False}
     write_json(done, record)
     run_stages(d, final_stages, candidate_env(base_env, model, chosen), log)
+    for name in candidates:  # what asking-trained candidates ask on dev, chosen or not (question quality)
+        if name != chosen and CANDIDATES[name][0] == "quality" and val[name]["acc"] is not None:
+            run_stages(d, ["drafts-c"], candidate_env(base_env, model, name), log)
     record.update(finished=True, seconds=round(time.time() - t0, 1))
     write_json(done, record)
     return record
@@ -161,6 +164,7 @@ def pool(root, folds, model, out, selections):
         write_json(out / "judge.json", pool_judges(judges))
     walls = {str(f): {p.parent.name: json.loads(p.read_text()) for p in sorted((fold_dir(root, f) / "results").glob("*/wall_times.json"))}
              for f in range(folds)}
+    pool_question_quality(root, folds, selections, out)
     summary = summarize(out.name, out.parent, data_dir=fold_dir(root, 0) / "data")
     val = {n: [s["validation"][n] for s in selections.values() if s["validation"][n]["acc"] is not None]
            for n in selections[0]["validation"]}
@@ -176,6 +180,31 @@ def pool(root, folds, model, out, selections):
     write_json(out / "selection.json", summary["kfold"])
     write_report(out.name, out.parent)
     return summary
+
+
+def pool_question_quality(root, folds, selections, out):
+    """out/question_quality.json: every fold's dev drafts of B, the chosen C, SG and each quality-pairs
+    candidate (C-<name>), pooled and scored paired over all questions (askdraft.quality)."""
+    from askdraft import quality
+    from askdraft.records import read_drafts
+
+    names = {"B": lambda s: "cot_phaseB", "C": lambda s: f"dpo_phaseC-{s['chosen']}",
+             "SG": lambda s: f"dpo_phaseC-{s['chosen']}_sg"}
+    for cand, (mode, _) in CANDIDATES.items():
+        if mode == "quality" and cand in selections[0]["validation"]:
+            names[f"C-{cand}"] = lambda s, cand=cand: f"dpo_phaseC-{cand}"
+    rows, files = {}, {}
+    for stage, name in names.items():
+        paths = [fold_dir(root, f) / "data" / "drafts" / name(selections[f]) / "dev.jsonl" for f in range(folds)]
+        if all(p.is_file() for p in paths):
+            rows[stage] = [r for p in paths for r in read_drafts(p)]
+            files[stage] = [str(p.relative_to(root)) for p in paths]
+    if "B" not in rows or len(rows) < 2:
+        print("kfold: question quality needs B's and another stage's dev drafts in every fold; not pooled")
+        return None
+    result = {"drafts": files, **quality.score_stages(rows, quality.build_store())}
+    write_json(out / "question_quality.json", result)
+    return result
 
 
 def pool_judges(judges):

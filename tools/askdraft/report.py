@@ -228,6 +228,48 @@ def fig_judge(s):
     return fig
 
 
+QQ_LABELS = {"question": "the question alone (no asking)", "gold_decomposition": "StrategyQA's gold decomposition"}
+
+
+def question_quality_md(s):
+    q = s.get("question_quality")
+    if q is None:
+        return f"Question quality: {NOT_RUN}."
+    rows = [(QQ_LABELS.get(name, f"{name}'s own sub-questions"), f"{r['mean']:.3f}",
+             f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]", r["n"]) for name, r in q["recall"].items()]
+    diffs = [(name, f"{d['diff']:+.3f}", f"[{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]", f"{d['better']} / {d['worse']}",
+              f"{d['sign_test_p']:.2g}") for name, d in q["differences"].items()]
+    return (f"Recall@{q['k']} of each question's own gold facts when the queries below search a BM25 store of "
+            f"the StrategyQA facts (`{q['file']}`): does the model ask for what the answer needs?\n\n"
+            + table(("queries", f"recall@{q['k']}", "95 % CI", "n"), rows) + "\n\n"
+            + table(("paired difference", "diff", "95 % CI", "better / worse questions", "sign test p"), diffs))
+
+
+def fig_question_quality(s):
+    q = s.get("question_quality")
+    if q is None:
+        return None
+    fig = Figure(figsize=(1.2 + 0.9 * len(q["recall"]), 3.5))
+    ax = fig.add_subplot()
+    _bars(ax, [QQ_LABELS.get(n, n).split(" (")[0].replace("StrategyQA's ", "") for n in q["recall"]],
+          list(q["recall"].values()), "mean", "tab:orange")
+    ax.set(ylim=(0, 1), ylabel=f"recall@{q['k']} of the gold facts", title="question quality (95 % CI)")
+    return fig
+
+
+def answered_md(s):
+    a = s.get("answered")
+    if not a:
+        return f"Answered drafts: {NOT_RUN}."
+    head = ("The draft's sub-questions answered from the fact store, which holds every question's own facts "
+            "(an open book, as Self-Ask's search engine), against no draft and the two retrieval controls.\n\n")
+    rows, diffs = [], []
+    for stage, b in a.items():
+        rows += [(stage, k, pct(e["accuracy"]), ci(e), e["n"]) for k, e in b.items() if "_minus_" not in k]
+        diffs += [(f"{stage}: {k.replace('_minus_', ' − ')}", e) for k, e in b.items() if "_minus_" in k]
+    return head + table(("stage", "prompt", "accuracy", "95 % CI", "n"), rows) + "\n\n" + diff_table(diffs)
+
+
 def provenance_md(s):
     p = s["provenance"]
     hashes = [(f"`{k}`", f"`{v}`") for k, v in {**p["recipes_sha256"], **p["data_sha256"]}.items()]
@@ -250,6 +292,9 @@ SECTIONS = {  # name: (title, markdown, figure, png)
     "kfold": ("Folds and the choice of phase C", kfold_md, None, None),
     "attribution": ("Attribution on the draft", attribution_md, fig_attribution, "attribution.png"),
     "judge": ("Judge: clarifying questions", judge_md, fig_judge, "judge.png"),
+    "question_quality": ("Question quality: do the sub-questions find the facts?", question_quality_md,
+                         fig_question_quality, "question_quality.png"),
+    "answered": ("Drafts answered from the fact store", answered_md, None, None),
     "provenance": ("Provenance", provenance_md, None, None),
 }
 
