@@ -101,3 +101,30 @@ def test_folds_get_their_gpu_round_robin(tmp_path, smollm2_dir, monkeypatch):
         with pytest.raises(RuntimeError, match="failed"):
             kfold.run(3, tmp_path / "r", base=smollm2_dir, gpus=gpus, parallel=3)
         assert [seen[kfold.fold_dir(tmp_path / "r", f).name] for f in range(3)] == expect, seen
+
+
+def test_choose_never_picks_a_degenerate_candidate_and_states_ties():
+    from askdraft.kfold import TIE_RULE, choose
+
+    def v(acc, degenerate=False):
+        return {"acc": acc, "n": 100, "yes_share": 0.99 if degenerate else 0.5, "degenerate": degenerate}
+    val = {"a": v(0.60, degenerate=True), "b": v(0.52), "c": v(0.52), "d": {"acc": None, "n": 0, "error": "x"}}
+    name, how = choose(val, ["a", "b", "c", "d"])
+    assert name == "b" and how["excluded_degenerate"] == ["a"] and how["tied"] == ["b", "c"]
+    assert how["tie_rule"] == TIE_RULE and not how["all_degenerate"]
+    assert choose(val, ["c", "b"])[0] == "c"  # the order of --candidates breaks the tie
+    name, how = choose({"a": v(0.55, True), "b": v(0.58, True)}, ["a", "b"])
+    assert name == "b" and how["all_degenerate"] and how["tied"] == []
+
+
+def test_val_accuracy_reads_the_answer_share(tmp_path):
+    from askdraft.evaluate import eval_paths
+    from askdraft.io import write_json, write_jsonl
+    from askdraft.kfold import val_accuracy
+
+    for name, preds in (("lean", ["yes"] * 94 + ["no"] * 6), ("const", ["no"] * 95 + ["yes"] * 5)):
+        rows, meta = eval_paths(tmp_path / "results" / "val", f"m-{name}", "C", "strategyqa_draft")
+        write_jsonl(rows, [{"question": f"q{i}", "pred": p, "correct": 1} for i, p in enumerate(preds)])
+        write_json(meta, {"acc": 0.5, "n": 100})
+    assert val_accuracy(tmp_path, "m", "lean") == {"acc": 0.5, "n": 100, "yes_share": 0.94, "degenerate": False}
+    assert val_accuracy(tmp_path, "m", "const")["degenerate"]  # 95 % "no": one answer to >= 95 %

@@ -77,10 +77,30 @@ def candidate_env(base_env, model, name):
     return {**base_env, "C_VARIANT": name, "C_PROFILES": profiles, "PAIR_MODE": mode, "MODEL_NAME": f"{model}-{name}"}
 
 
+# a candidate that gives one answer to this share of the validation questions or more is degenerate
+DEGENERATE_SHARE = 0.95
+TIE_RULE = "equal validation accuracy: the candidate listed first in --candidates"
+
+
 def val_accuracy(d, model, name):
-    meta = eval_paths(d / "results" / "val", f"{model}-{name}", "C", "strategyqa_draft")[1]
+    rows_path, meta = eval_paths(d / "results" / "val", f"{model}-{name}", "C", "strategyqa_draft")
     m = json.loads(meta.read_text(encoding="utf-8"))
-    return {"acc": m["acc"], "n": m["n"]}
+    preds = [r["pred"] for r in read_jsonl(rows_path, required=("pred",), allow_extra=True)]
+    yes = sum(p == "yes" for p in preds) / len(preds)
+    return {"acc": m["acc"], "n": m["n"], "yes_share": round(yes, 4),
+            "degenerate": max(yes, 1 - yes) >= DEGENERATE_SHARE}
+
+
+def choose(val, candidates):
+    """The best validation accuracy among candidates that ran and are not degenerate (all degenerate:
+    among those that ran, said so); ties by TIE_RULE. Returns (name, how it was chosen)."""
+    ok = [n for n in candidates if val[n]["acc"] is not None]
+    healthy = [n for n in ok if not val[n]["degenerate"]]
+    pool_ = healthy or ok
+    best = max(val[n]["acc"] for n in pool_)
+    tied = [n for n in pool_ if val[n]["acc"] == best]
+    return tied[0], {"all_degenerate": not healthy, "excluded_degenerate": [n for n in ok if n not in healthy],
+                     "tied": tied if len(tied) > 1 else [], "tie_rule": TIE_RULE}
 
 
 def run_fold(root, f, candidates, base_env, model, final_stages):
@@ -101,8 +121,11 @@ def run_fold(root, f, candidates, base_env, model, final_stages):
     ok = [n for n in candidates if val[n]["acc"] is not None]
     if not ok:
         raise RuntimeError(f"{d}: every phase C candidate failed; see {log}")
-    chosen = max(ok, key=lambda n: (val[n]["acc"], -candidates.index(n)))
-    record = {"fold": f, "validation": val, "chosen": chosen, "finished": False}
+    chosen, how = choose(val, candidates)
+    if how["all_degenerate"]:
+        print(f"kfold: fold {f}: every phase C candidate is degenerate on validation; chosen by accuracy anyway",
+              flush=True)
+    record = {"fold": f, "validation": val, "chosen": chosen, "selection_rule": how, "finished": False}
     write_json(done, record)
     run_stages(d, final_stages, candidate_env(base_env, model, chosen), log)
     for name in candidates:  # what asking-trained candidates ask on dev, chosen or not (question quality)
