@@ -36,7 +36,7 @@ CANDIDATES = {"seed": ("draft", ""), "answer-rpo": ("answer", "c-answer-rpo"),
               "quality": ("quality", "c-draft-rpo")}
 PREP = ["sft", "phase-a", "phase-b", "merge-b", "drafts"]
 CANDIDATE_STAGES = ["pairs", "phase-c", "val-c"]
-FINAL = ["drafts-c", "eval", "attribution", "sg", "sg-eval", "judge", "report"]
+FINAL = ["drafts-c", "eval", "attribution", "judge", "quality", "sg", "sg-eval", "report"]
 
 
 def fold_dir(root, f):
@@ -60,7 +60,8 @@ def prepare_fold(root, f, folds, val_frac, seed, base):
 
 
 def run_stages(d, stages, env, log):
-    cmd = [sys.executable, str(REPO_ROOT / "tools" / "run_stages.py"), "--makefile", str(d / "Makefile"), *stages]
+    jobs = ["--jobs", env["KFOLD_JOBS"]] if env.get("KFOLD_JOBS") else []
+    cmd = [sys.executable, str(REPO_ROOT / "tools" / "run_stages.py"), "--makefile", str(d / "Makefile"), *jobs, *stages]
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"\n### {' '.join(stages)}  ({' '.join(f'{k}={v}' for k, v in sorted(env.items()))})\n")
         f.flush()
@@ -111,13 +112,14 @@ def run_fold(root, f, candidates, base_env, model, final_stages):
         return json.loads(done.read_text())
     t0 = time.time()
     run_stages(d, PREP, {**base_env, "MODEL_NAME": model}, log)
-    val = {}
-    for name in candidates:  # a candidate that fails (e.g. no parseable draft for its pairs) is not chosen
+    def candidate(name):  # one that fails (e.g. no parseable draft for its pairs) is not chosen
         try:
-            run_stages(d, CANDIDATE_STAGES, candidate_env(base_env, model, name), log)
-            val[name] = val_accuracy(d, model, name)
+            run_stages(d, CANDIDATE_STAGES, candidate_env(base_env, model, name), d / f"kfold-{name}.log")
+            return val_accuracy(d, model, name)
         except RuntimeError as e:
-            val[name] = {"acc": None, "n": 0, "error": str(e)}
+            return {"acc": None, "n": 0, "error": str(e)}
+    with concurrent.futures.ThreadPoolExecutor(len(candidates)) as side_by_side:  # their own files and logs
+        val = dict(zip(candidates, side_by_side.map(candidate, candidates)))
     ok = [n for n in candidates if val[n]["acc"] is not None]
     if not ok:
         raise RuntimeError(f"{d}: every phase C candidate failed; see {log}")
@@ -241,7 +243,8 @@ def pool_judges(judges):
 # ---------------------------------------------------------------- CLI
 
 def run(folds=5, root="runs/kfold", results="results", name=None, profile=None, candidates=None,
-        parallel=None, gpus=None, val_frac=0.1, seed=1234, base=None, judge_serve=None, threads=None):
+        parallel=None, gpus=None, val_frac=0.1, seed=1234, base=None, judge_serve=None, threads=None, jobs=None,
+        skip=()):
     candidates = list(candidates or CANDIDATES)
     unknown = [c for c in candidates if c not in CANDIDATES]
     if unknown:
@@ -259,7 +262,13 @@ def run(folds=5, root="runs/kfold", results="results", name=None, profile=None, 
                 "ASKDRAFT_COMMIT": git_commit()}
     if profile:
         base_env["PROFILE"] = profile
-    final = [s for s in FINAL if s != "judge" or judge_serve]
+    unknown = [s for s in skip if s not in FINAL or s in ("drafts-c", "eval", "report")]
+    if unknown:
+        raise InputError("--skip", None, f"cannot skip {unknown}; optional stages: "
+                                         f"{[s for s in FINAL if s not in ('drafts-c', 'eval', 'report')]}")
+    if jobs:
+        base_env["KFOLD_JOBS"] = str(jobs)
+    final = [s for s in FINAL if (s != "judge" or judge_serve) and s not in skip]
     if judge_serve:
         base_env["JUDGE_SERVE"] = str(Path(judge_serve).resolve())
     for f in range(folds):
@@ -287,7 +296,8 @@ def run(folds=5, root="runs/kfold", results="results", name=None, profile=None, 
 
 def cmd(a):
     s = run(a.folds, a.root, a.results, a.name, a.profile, a.candidates and a.candidates.split(","),
-            a.parallel, a.gpus, a.val_frac, a.seed, a.base, a.judge_serve, a.threads)
+            a.parallel, a.gpus, a.val_frac, a.seed, a.base, a.judge_serve, a.threads, a.jobs,
+            [x for x in (a.skip or "").split(",") if x])
     for stage, r in s["stages"].items():
         print(f"{stage}: {r['accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] n={r['n']}")
     print(f"-> {Path(a.results) / s['model'] / 'summary.json'}")
@@ -307,5 +317,7 @@ def add_cli(sub):
     p.add_argument("--threads", type=int, help="CPU threads per fold (default cores / parallel)")
     p.add_argument("--val-frac", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--jobs", type=int, help="a fold's eval, attribution, judge and quality side by side, this many at once")
+    p.add_argument("--skip", help="optional final stages to leave out, comma-separated (e.g. sg,sg-eval)")
     p.add_argument("--judge-serve", help="model dir to serve as the judge (transformers serve) in every fold")
     p.set_defaults(func=cmd)
