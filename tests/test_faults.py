@@ -1,0 +1,159 @@
+"""Kill a stage, rerun it: exit 0, the uninterrupted run's bytes, no temporary files (askdraft.faults).
+
+The slow tests kill each CPU stage's real command (a subprocess, its whole process group) at a
+random point with SIGTERM and with SIGKILL and rerun it; the rerun's time against a fresh run's is
+printed (-s), not asserted. `make fault-test` runs them."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from askdraft import faults, io
+from conftest import strategyqa_split
+
+REPO = Path(__file__).resolve().parents[1]
+ASKDRAFT = [sys.executable, "-m", "askdraft.cli"]
+
+
+def env():
+    e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tools"), str(REPO / "plugins"),
+                                                     os.environ.get("PYTHONPATH", "")]),
+             OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return e
+
+
+def drafts_cmd(model, data, out_root, *more):
+    return [*ASKDRAFT, "drafts", "--base", str(model), "--name", "m", "--out-root", str(out_root), "--splits", "dev",
+            "--data", str(data), "--batch-size", "4", "--limit", "16", "--max-new-tokens", "12", "--device", "cpu", *more]
+
+
+@pytest.fixture(scope="module")
+def split_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("split")
+    for f in strategyqa_split().iterdir():
+        if f.is_file():
+            shutil.copy(f, out)
+    return out
+
+
+def partial_has_rows(path, n=1):
+    return lambda: path.is_file() and path.read_bytes().count(b"\n") >= n
+
+
+# ---------------------------------------------------------------- the harness itself
+
+def test_leftovers_and_digests(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.jsonl").write_text("1\n")
+    (tmp_path / "a" / "x.jsonl.partial").write_text("")
+    (tmp_path / "a" / ".x.jsonl.abc.tmp").write_text("")
+    assert sorted(Path(p).name for p in faults.leftovers([tmp_path])) == [".x.jsonl.abc.tmp", "x.jsonl.partial"]
+    before = faults.digests([tmp_path], ignore=["*.partial", "*.tmp"])
+    (tmp_path / "a" / "x.jsonl").write_text("2\n")
+    assert list(before) == [str(tmp_path / "a" / "x.jsonl")] and before != faults.digests([tmp_path])
+
+
+def test_atomic_open_removes_a_killed_writers_temp_file(tmp_path):
+    stale = tmp_path / ".out.json.k1ll3d.tmp"
+    stale.write_text("half")
+    other = tmp_path / ".other.json.k1ll3d.tmp"  # another target's: not ours to remove
+    other.write_text("half")
+    io.write_json(tmp_path / "out.json", {"a": 1})
+    assert not stale.exists() and other.exists()
+    assert json.loads((tmp_path / "out.json").read_text()) == {"a": 1}
+
+
+def test_sigterm_removes_the_temp_file_of_a_write_in_progress(tmp_path):
+    """SIGTERM mid-write: the command exits 143 through Python, and atomic_open's temp file goes."""
+    script = ("import argparse, time\nfrom askdraft.command import run\nfrom askdraft.io import atomic_open\n"
+              "def slow(args):\n    with atomic_open(args.out) as f:\n        f.write('x')\n        f.flush()\n"
+              "        time.sleep(60)\n"
+              "p = argparse.ArgumentParser(); p.add_argument('--out'); p.set_defaults(func=slow)\n"
+              "raise SystemExit(run(p.parse_args()))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, "--out", str(tmp_path / "o.json")], env=env())
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".o.json.*.tmp")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- drafts: one writer at a time
+
+def test_drafts_second_writer_waits_for_the_first(tiny_llama_dir, split_dir, tmp_path):
+    """The 14x slow, exit-1 rerun: a killed parent (make, a shell) leaves the drafting process alive,
+    and the rerun drafted the same questions beside it (both processes' threads on the same cores),
+    then found the .partial already removed by the first. Now the rerun waits on the folder's lock,
+    drafts nothing while the first holds it, and skips what the first finished."""
+    out = tmp_path / "drafts" / "m"
+    cmd = drafts_cmd(tiny_llama_dir, split_dir, tmp_path / "drafts")
+    with io.exclusive(out, "drafts"):  # stands for the first writer
+        proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(8)  # time to import and load and draft, if it did not wait
+        assert proc.poll() is None and list(out.iterdir()) == []  # no .partial: it drafts nothing yet
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "another process is writing drafts here" in stderr
+    assert len((out / "dev.jsonl").read_text().splitlines()) == 16
+    assert faults.leftovers([out]) == []
+
+
+def test_drafts_rerun_beside_an_orphan_of_a_killed_parent(tiny_llama_dir, split_dir, tmp_path):
+    """A real kill: SIGKILL to a shell that runs `askdraft drafts` (its child lives on), then the rerun."""
+    part = tmp_path / "drafts" / "m" / "dev.jsonl.partial"
+    cmd = ["bash", "-c", " ".join(drafts_cmd(tiny_llama_dir, split_dir, tmp_path / "drafts")) + "; exit $?"]
+    result = faults.check(cmd, [tmp_path / "drafts"], signal.SIGKILL, when=partial_has_rows(part, 4),
+                          env=env(), group=False, timeout=600)
+    print(json.dumps(result))
+    assert result["killed_at_s"] is not None
+    assert faults.failures(result) == []
+
+
+# ---------------------------------------------------------------- every CPU stage, killed
+
+def stage_commands(tmp, model, split):
+    """{stage: (command, outputs, kill trigger or None for random, deterministic)} run in `tmp`."""
+    drafts_dir = tmp / "drafts"
+    return {
+        "data": ([*ASKDRAFT, "data", "--no-hub", "--out", str(tmp / "data")], [tmp / "data"], None, True),
+        "sft-data": ([*ASKDRAFT, "sft-data", "--data", str(split), "--out", str(tmp / "sft"), "--base", str(model),
+                      "--limit", "64"], [tmp / "sft"], None, True),
+        "drafts-generate": (drafts_cmd(model, split, drafts_dir / "g"), [drafts_dir / "g"],
+                            partial_has_rows(drafts_dir / "g" / "m" / "dev.jsonl.partial"), True),
+        "drafts-continuous": (drafts_cmd(model, split, drafts_dir / "c", "--engine", "continuous", "--cache-tokens", "512"),
+                              [drafts_dir / "c"], partial_has_rows(drafts_dir / "c" / "m" / "dev.jsonl.partial"), True),
+        "pairs": ([*ASKDRAFT, "pairs", "--mode", "answer", "--drafts", str(split / "pairs_drafts.jsonl"),
+                   "--gold", str(split / "strategyqa_train_cot.jsonl"), "--tokenizer", str(model), "--allow-empty",
+                   "-o", str(tmp / "pairs.jsonl")], [tmp / "pairs.jsonl"], None, True),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["data", "sft-data", "drafts-generate", "drafts-continuous", "pairs"])
+def test_stage_survives_a_kill(stage, tiny_llama_dir, split_dir, tmp_path):
+    if stage == "pairs":  # crafted drafts of the first 40 train questions
+        from askdraft.drafts import draft_row
+        rows = [json.loads(x) for x in (split_dir / "strategyqa_train_cot.jsonl").read_text().splitlines()[:40]]
+        (split_dir / "pairs_drafts.jsonl").write_text("".join(
+            json.dumps(draft_row(r["question"], f"Maybe.\nTentative answer: {'yes' if i % 3 else 'no'}",
+                                 r["teacher_final"])) + "\n" for i, r in enumerate(rows)))
+    cmd, outputs, when, deterministic = stage_commands(tmp_path, tiny_llama_dir, split_dir)[stage]
+    faults.remove(outputs)
+    fresh = faults.run(cmd, REPO, env(), 600)
+    snapshot = {p: p.read_bytes() for p in faults.files_under(outputs)}
+    for seed, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):
+        for p, data in snapshot.items():  # the uninterrupted run's files, for check() to read as the reference
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(data)
+        result = faults.check(cmd, outputs, sig, when, seed, cwd=REPO, env=env(), deterministic=deterministic,
+                              timeout=600, fresh=fresh)
+        print(f"\n{stage} {result['signal']}: killed at {result['killed_at_s']} s, fresh {result['fresh_s']} s, "
+              f"rerun {result['rerun_s']} s ({result['rerun_ratio']}x)")
+        assert faults.failures(result) == [], (stage, result["signal"])
