@@ -160,13 +160,15 @@ def sha256_file(path):
 
 @contextlib.contextmanager
 def exclusive(folder, what):
-    """Hold an exclusive lock on `folder` (created if missing) while writing into it.
+    """Hold an exclusive lock on `folder` (created if missing, removed again if left empty) while
+    writing into it.
 
     A second writer of the same folder (e.g. the rerun of a stage whose killed parent left this
     one running) waits here, saying so, instead of racing it over the same files. The lock is
     the kernel's (flock on the folder itself): no lock file, and it goes with the process, even
     on SIGKILL."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -179,3 +181,6 @@ def exclusive(folder, what):
         yield
     finally:
         os.close(fd)
+        if created:  # nothing written (e.g. bad input): leave no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
