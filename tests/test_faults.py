@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -118,42 +119,87 @@ def test_drafts_rerun_beside_an_orphan_of_a_killed_parent(tiny_llama_dir, split_
 
 # ---------------------------------------------------------------- every CPU stage, killed
 
-def stage_commands(tmp, model, split):
-    """{stage: (command, outputs, kill trigger or None for random, deterministic)} run in `tmp`."""
+def crafted_drafts(split_dir, file, n, out):
+    """Drafts of the first n questions of a split file, shaped as `askdraft drafts` writes them."""
+    from askdraft.drafts import draft_row
+    rows = [json.loads(x) for x in (split_dir / file).read_text().splitlines()[:n]]
+    out.write_text("".join(json.dumps(draft_row(r["question"], f"Is it so? Maybe.\nTentative answer: "
+                                                f"{'yes' if i % 3 else 'no'}", r["teacher_final"])) + "\n"
+                           for i, r in enumerate(rows)))
+    return out
+
+
+def evaluate_cmd(model, split, results):
+    return [*ASKDRAFT, "evaluate", "--model-name", "m", "--stage", "B", "--base", str(model), "--dev",
+            str(split / "strategyqa_dev.jsonl"), "--drafts", str(split / "dev_drafts.jsonl"), "--limit", "8",
+            "--tasks", "strategyqa,strategyqa_draft", "--batch-size", "8", "--results", str(results)]
+
+
+def stage_commands(tmp, model, split, judge_url=None):
+    """{stage: (command, outputs, kill trigger or None for a random point, file names left out of the
+    byte comparison)}; commands run in the repo, outputs in `tmp`."""
     drafts_dir = tmp / "drafts"
     return {
-        "data": ([*ASKDRAFT, "data", "--no-hub", "--out", str(tmp / "data")], [tmp / "data"], None, True),
+        "data": ([*ASKDRAFT, "data", "--no-hub", "--out", str(tmp / "data")], [tmp / "data"], None, ()),
         "sft-data": ([*ASKDRAFT, "sft-data", "--data", str(split), "--out", str(tmp / "sft"), "--base", str(model),
-                      "--limit", "64"], [tmp / "sft"], None, True),
+                      "--limit", "64"], [tmp / "sft"], None, ()),
         "drafts-generate": (drafts_cmd(model, split, drafts_dir / "g"), [drafts_dir / "g"],
-                            partial_has_rows(drafts_dir / "g" / "m" / "dev.jsonl.partial"), True),
+                            partial_has_rows(drafts_dir / "g" / "m" / "dev.jsonl.partial"), ()),
         "drafts-continuous": (drafts_cmd(model, split, drafts_dir / "c", "--engine", "continuous", "--cache-tokens", "512"),
-                              [drafts_dir / "c"], partial_has_rows(drafts_dir / "c" / "m" / "dev.jsonl.partial"), True),
-        "pairs": ([*ASKDRAFT, "pairs", "--mode", "answer", "--drafts", str(split / "pairs_drafts.jsonl"),
+                              [drafts_dir / "c"], partial_has_rows(drafts_dir / "c" / "m" / "dev.jsonl.partial"), ()),
+        "pairs": ([*ASKDRAFT, "pairs", "--mode", "answer", "--drafts", str(split / "train_drafts.jsonl"),
                    "--gold", str(split / "strategyqa_train_cot.jsonl"), "--tokenizer", str(model), "--allow-empty",
-                   "-o", str(tmp / "pairs.jsonl")], [tmp / "pairs.jsonl"], None, True),
+                   "-o", str(tmp / "pairs.jsonl")], [tmp / "pairs.jsonl"], None, ()),
+        # the .json beside each task's rows holds the run's times and start
+        "eval": (evaluate_cmd(model, split, tmp / "results"), [tmp / "results"], None, ("*.json",)),
+        "attribution": ([sys.executable, "tools/attention_tools.py", "--base", str(model), "--drafts",
+                         str(split / "dev_drafts.jsonl"), "--limit", "3", "--n-steps", "4", "--out",
+                         str(tmp / "attr" / "after.json"), "--heatmaps", str(tmp / "attr" / "heatmaps")],
+                        [tmp / "attr"], None, ("*.json",)),
+        "judge": ([*ASKDRAFT, "judge", "--drafts-a", str(tmp / "judge_in" / "dpo" / "dev.jsonl"), "--drafts-b",
+                   str(tmp / "judge_in" / "phaseb" / "dev.jsonl"), "--base-url", str(judge_url), "--model", "scripted",
+                   "--cache-dir", str(tmp / "judge" / "cache"), "--out", str(tmp / "judge" / "judge.json"),
+                   "--concurrency", "2"], [tmp / "judge"], None, ("judge.json",)),
+        "report": (["bash", "-c", f"{' '.join(ASKDRAFT)} summarize --model-name m --results {tmp / 'results'} && "
+                    f"{' '.join(ASKDRAFT)} report --model-name m --results {tmp / 'results'}"],
+                   [tmp / "results" / "m" / name for name in ("summary.json", "report.md")], None, ()),
     }
 
 
+STAGES = ["data", "sft-data", "drafts-generate", "drafts-continuous", "pairs", "eval", "attribution", "judge", "report"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["data", "sft-data", "drafts-generate", "drafts-continuous", "pairs"])
+@pytest.mark.parametrize("stage", STAGES)
 def test_stage_survives_a_kill(stage, tiny_llama_dir, split_dir, tmp_path):
-    if stage == "pairs":  # crafted drafts of the first 40 train questions
-        from askdraft.drafts import draft_row
-        rows = [json.loads(x) for x in (split_dir / "strategyqa_train_cot.jsonl").read_text().splitlines()[:40]]
-        (split_dir / "pairs_drafts.jsonl").write_text("".join(
-            json.dumps(draft_row(r["question"], f"Maybe.\nTentative answer: {'yes' if i % 3 else 'no'}",
-                                 r["teacher_final"])) + "\n" for i, r in enumerate(rows)))
-    cmd, outputs, when, deterministic = stage_commands(tmp_path, tiny_llama_dir, split_dir)[stage]
-    faults.remove(outputs)
-    fresh = faults.run(cmd, REPO, env(), 600)
-    snapshot = {p: p.read_bytes() for p in faults.files_under(outputs)}
-    for seed, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):
-        for p, data in snapshot.items():  # the uninterrupted run's files, for check() to read as the reference
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data)
-        result = faults.check(cmd, outputs, sig, when, seed, cwd=REPO, env=env(), deterministic=deterministic,
-                              timeout=600, fresh=fresh)
-        print(f"\n{stage} {result['signal']}: killed at {result['killed_at_s']} s, fresh {result['fresh_s']} s, "
-              f"rerun {result['rerun_s']} s ({result['rerun_ratio']}x)")
-        assert faults.failures(result) == [], (stage, result["signal"])
+    crafted_drafts(split_dir, "strategyqa_train_cot.jsonl", 40, split_dir / "train_drafts.jsonl")
+    crafted_drafts(split_dir, "strategyqa_dev.jsonl", 8, split_dir / "dev_drafts.jsonl")
+    judge_server = None
+    if stage == "judge":  # test_judge's scripted OpenAI-compatible server: model a's draft wins, slowly
+        from test_judge import ScriptedJudge, make_drafts
+        make_drafts(tmp_path / "judge_in", [f"Can Q{i} be answered by asking?" for i in range(6)])
+        judge_server = ScriptedJudge({f"Q{i}": "hang" if i % 2 else "m1" for i in range(6)})
+        threading.Thread(target=judge_server.serve_forever, daemon=True).start()
+    if stage == "report":  # what it summarizes: an uninterrupted eval
+        code, _, out = faults.run(evaluate_cmd(tiny_llama_dir, split_dir, tmp_path / "results"), REPO, env(), 600)
+        assert code == 0, out[-3000:]
+    cmd, outputs, when, ignore = stage_commands(tmp_path, tiny_llama_dir, split_dir,
+                                                judge_server and judge_server.url)[stage]
+    try:
+        faults.remove(outputs)
+        fresh = faults.run(cmd, REPO, env(), 600)
+        snapshot = {p: p.read_bytes() for p in faults.files_under(outputs)}
+        for seed, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):
+            for p, data in snapshot.items():  # the uninterrupted run's files: check() reads them as the reference
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(data)
+            result = faults.check(cmd, outputs, sig, when, seed, cwd=REPO, env=env(), ignore=ignore, timeout=600,
+                                  fresh=fresh)
+            print(f"\n{stage} {result['signal']}: killed at {result['killed_at_s']} s, fresh {result['fresh_s']} s, "
+                  f"rerun {result['rerun_s']} s ({result['rerun_ratio']}x)")
+            assert faults.failures(result) == [], (stage, result["signal"])
+    finally:
+        if judge_server:
+            judge_server.stop.set()
+            judge_server.shutdown()
+            judge_server.server_close()
