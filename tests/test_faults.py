@@ -203,3 +203,42 @@ def test_stage_survives_a_kill(stage, tiny_llama_dir, split_dir, tmp_path):
             judge_server.stop.set()
             judge_server.shutdown()
             judge_server.server_close()
+
+
+# ---------------------------------------------------------------- a k-fold fold's training stage
+
+def log_shows(log, text):
+    return lambda: log.is_file() and text in log.read_text(errors="replace")
+
+
+@pytest.mark.slow
+def test_training_stage_of_a_fold_survives_a_kill_mid_epoch(tiny_llama_dir, tmp_path):
+    """Phase A of a k-fold fold (its own folder and Makefile, run by run_stages as `askdraft kfold`
+    does), killed after its 4th of 16 optimizer steps: the rerun trains again from the start in
+    models/baseline_phaseA.partial/ and renames it into place, with the uninterrupted run's files
+    and tensors; nothing of the killed run is left. Not byte-compared: two uninterrupted CPU runs
+    of it already differ in the last bits of the weights."""
+    from safetensors.torch import load_file
+    from askdraft import kfold
+    base = tmp_path / "bases" / "tiny"
+    shutil.copytree(tiny_llama_dir, base)
+    d = kfold.prepare_fold(tmp_path / "kfold", 0, 5, 0.1, 1234, base)
+    fold_env = {**env(), "PROFILE": "smoke", "PY": sys.executable, "BASE_NAME": "tiny", "MODEL_NAME": "tiny-smoke"}
+    stages = [sys.executable, str(REPO / "tools" / "run_stages.py"), "--makefile", str(d / "Makefile")]
+    code, _, out = faults.run(stages + ["sft"], d, fold_env, 600)
+    assert code == 0, out[-3000:]
+    outputs = [d / "models" / "baseline_phaseA", d / "models" / "baseline_phaseA.partial"]
+    log, adapter = tmp_path / "killed.log", d / "models" / "baseline_phaseA" / "adapter_model.safetensors"
+    fresh = faults.run(stages + ["phase-a"], d, fold_env, 600)
+    files = sorted(str(f.relative_to(d)) for f in faults.files_under(outputs))
+    shapes = {k: tuple(v.shape) for k, v in load_file(adapter).items()}
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        result = faults.check(stages + ["phase-a"], outputs, sig, log_shows(log, "4/16 ["), cwd=d, env=fold_env,
+                              timeout=600, log=log, deterministic=False, fresh=fresh)
+        print(f"\nphase-a of a fold {result['signal']}: killed at {result['killed_at_s']} s, "
+              f"fresh {result['fresh_s']} s, rerun {result['rerun_s']} s ({result['rerun_ratio']}x)")
+        assert "Training completed" not in log.read_text(errors="replace")  # killed mid-epoch
+        assert faults.failures(result) == [], result["signal"]
+        assert sorted(str(f.relative_to(d)) for f in faults.files_under(outputs)) == files
+        assert {k: tuple(v.shape) for k, v in load_file(adapter).items()} == shapes
+        assert faults.run(["make", "-q", "-f", str(d / "Makefile"), "phase-a"], d, fold_env)[0] == 0  # done for make

@@ -72,14 +72,15 @@ def run(cmd, cwd=None, env=None, timeout=None):
     return proc.returncode, time.time() - start, proc.stdout + proc.stderr
 
 
-def run_killed(cmd, sig, when, cwd=None, env=None, group=True, timeout=None):
+def run_killed(cmd, sig, when, cwd=None, env=None, group=True, timeout=None, log=None):
     """Start `cmd`, send `sig` once `when` holds, wait for the process to end.
 
     when: seconds after the start, or a callable polled every 50 ms (e.g. "a .partial file has a
     row"). group: signal the whole process group (else the leader only: its children live on).
+    log: a file for the command's output (for `when` to watch), else it is dropped.
     Returns the seconds at the kill, or None when the command ended before `when` held."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     start = time.time()
     due = (lambda: time.time() - start >= when) if isinstance(when, (int, float)) else when
     try:
@@ -100,6 +101,8 @@ def run_killed(cmd, sig, when, cwd=None, env=None, group=True, timeout=None):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if log:
+            out.close()
 
 
 def wait_orphans(pgid, timeout=600):
@@ -115,12 +118,12 @@ def wait_orphans(pgid, timeout=600):
 
 
 def check(cmd, outputs, sig=signal.SIGKILL, when=None, seed=0, cwd=None, env=None, group=True,
-          deterministic=True, ignore=(), timeout=None, fresh=None):
+          deterministic=True, ignore=(), timeout=None, fresh=None, log=None):
     """Fresh run, killed run, rerun of `cmd`; `outputs` are deleted before the fresh and the killed run.
 
     when: as run_killed, or None for a random point between 10% and 90% of the fresh run's time.
     fresh: (exit code, seconds, output) of an uninterrupted run already made, with `outputs` as it
-    left them (several checks of one stage share it). Returns a dict: the exit codes, the seconds of
+    left them (several checks of one stage share it). log: the killed run's output file. Returns a dict: the exit codes, the seconds of
     each run, the rerun's ratio to the fresh run, identical (None unless deterministic),
     the files that differ, and leftovers."""
     outputs = [Path(cwd or ".", p) for p in outputs]
@@ -135,13 +138,13 @@ def check(cmd, outputs, sig=signal.SIGKILL, when=None, seed=0, cwd=None, env=Non
     random_point = when is None
     if random_point:
         when = fresh_s * random.Random(seed).uniform(0.1, 0.9)
-    killed_at = run_killed(cmd, sig, when, cwd, env, group, timeout)
+    killed_at = run_killed(cmd, sig, when, cwd, env, group, timeout, log)
     for _ in range(3):  # it finished before the random point (a faster run than the fresh one): earlier
         if killed_at is not None or not random_point:
             break
         remove(outputs)
         when /= 2
-        killed_at = run_killed(cmd, sig, when, cwd, env, group, timeout)
+        killed_at = run_killed(cmd, sig, when, cwd, env, group, timeout, log)
     rerun_code, rerun_s, rerun_out = run(cmd, cwd, env, timeout)
     after = digests(outputs, ignore)
     differ = sorted(f for f in set(reference) | set(after) if reference.get(f) != after.get(f))
