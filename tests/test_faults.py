@@ -3,6 +3,7 @@
 The slow tests kill each CPU stage's real command (a subprocess, its whole process group) at a
 random point with SIGTERM and with SIGKILL and rerun it; the rerun's time against a fresh run's is
 printed (-s), not asserted. `make fault-test` runs them."""
+import contextlib
 import json
 import os
 import shutil
@@ -159,10 +160,13 @@ def stage_commands(tmp, model, split, judge_url=None):
         "judge": ([*ASKDRAFT, "judge", "--drafts-a", str(tmp / "judge_in" / "dpo" / "dev.jsonl"), "--drafts-b",
                    str(tmp / "judge_in" / "phaseb" / "dev.jsonl"), "--base-url", str(judge_url), "--model", "scripted",
                    "--cache-dir", str(tmp / "judge" / "cache"), "--out", str(tmp / "judge" / "judge.json"),
-                   "--concurrency", "2"], [tmp / "judge"], None, ("judge.json",)),
+                   "--concurrency", "2"], [tmp / "judge"], None,
+                  # compared: the cached verdicts; judge.json and its calls log hold times and what came from the cache
+                  ("judge.json", "judge.calls.jsonl")),
         "report": (["bash", "-c", f"{' '.join(ASKDRAFT)} summarize --model-name m --results {tmp / 'results'} && "
                     f"{' '.join(ASKDRAFT)} report --model-name m --results {tmp / 'results'}"],
-                   [tmp / "results" / "m" / name for name in ("summary.json", "report.md")], None, ()),
+                   [tmp / "results" / "m" / name for name in ("summary.json", "report.md")], None,
+                   ("summary.json",)),  # it carries the date it was made
     }
 
 
@@ -242,3 +246,21 @@ def test_training_stage_of_a_fold_survives_a_kill_mid_epoch(tiny_llama_dir, tmp_
         assert sorted(str(f.relative_to(d)) for f in faults.files_under(outputs)) == files
         assert {k: tuple(v.shape) for k, v in load_file(adapter).items()} == shapes
         assert faults.run(["make", "-q", "-f", str(d / "Makefile"), "phase-a"], d, fold_env)[0] == 0  # done for make
+
+
+def test_run_stages_sigterm_stops_its_stage_and_exits(tmp_path):
+    """SIGTERM to the pipeline runner alone (not its group): the stage's child goes with it, no orphan."""
+    (tmp_path / "Makefile").write_text("slow:\n\tsleep 120 & echo $$! > child.pid; wait\n")
+    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "run_stages.py"), "--makefile",
+                             str(tmp_path / "Makefile"), "--no-record", "slow"], env=env(), start_new_session=True)
+    pid_file = tmp_path / "child.pid"
+    deadline = time.time() + 60
+    while not (pid_file.is_file() and pid_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    try:
+        faults.wait_orphans(proc.pid, timeout=10)  # the bash line and its sleep: killed with the runner
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -25,6 +25,7 @@ import linecache
 import os
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
@@ -144,11 +145,27 @@ def run_line(line, python, isolate):
     print(f"+ {line}", flush=True)
     argv = None if isolate else python_argv(line, python)
     if argv is None:
-        code = subprocess.run(["bash", "-eu", "-o", "pipefail", "-c", line], cwd=MAKEFILE.parent).returncode
+        code = run_shell(line)
         if code:
             raise SystemExit(code)
     else:
         run_in_process(argv)
+
+
+def run_shell(line):
+    """Exit code of `line` run by bash in a process group of its own; if this runner is stopped
+    (SIGTERM, Ctrl-C), the whole group goes too, with whatever the line started in the background."""
+    proc = subprocess.Popen(["bash", "-eu", "-o", "pipefail", "-c", line], cwd=MAKEFILE.parent, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
 
 
 def record(times_path, stage, seconds):
@@ -230,12 +247,13 @@ def run_siblings(stages, jobs, python, isolate):
             failed.set()
         slots.release()
     finally:
+        interrupted = stages[0] not in results or results[stages[0]][0] == 128 + signal.SIGTERM
         if stages[0] not in results:  # interrupted: stop the children rather than leave orphans
             failed.set()
             slots.release()
         launcher.join()
         for stage, proc, log, waiter in children:
-            if stages[0] not in results:
+            if interrupted:
                 proc.terminate()
             waiter.join()
     for stage, proc, log, waiter in children:
@@ -257,6 +275,8 @@ def main(argv=None):
     p.add_argument("--makefile", type=Path, default=MAKEFILE, help="default: the repo's; its folder is the cwd")
     args = p.parse_args(argv)
     MAKEFILE = args.makefile.resolve()
+    # SIGTERM unwinds through Python: side-by-side children are stopped, temporary files removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     os.chdir(MAKEFILE.parent)
     os.environ.update(EXPORTS)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # the Makefile's `?=`
