@@ -165,7 +165,7 @@ test: setup ## set up, then the whole test suite (what CI runs)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 tests
 
 fault-test: setup ## kill each stage (SIGTERM, SIGKILL) and rerun it: exit 0, the same bytes, no temporary files
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -s tests/test_faults.py
+	ASKDRAFT_FAULTS=all HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -s tests/test_faults.py
 
 test-fast: setup ## the suite without the end-to-end (slow) tests
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests
