@@ -197,6 +197,7 @@ def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root
 
 
 def write_splits(out_dir, splits, data, model_fn, batch_size, limit, base, adapter, gen):
+    """run()'s work, under its lock on out_dir: each split's drafts, then REPORT.json."""
     report = {}
     for split in splits:
         report[split] = draft_split(Path(data) / SPLITS[split], out_dir / f"{split}.jsonl", model_fn,
