@@ -276,3 +276,20 @@ def test_run_stages_sigterm_stops_its_stage_and_exits(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_second_pipeline_runner_of_a_folder_waits_for_the_first(tmp_path):
+    """`make pipeline` killed alone leaves its runner going; the rerun's runner waits for it rather
+    than running the same stages into the same files beside it."""
+    (tmp_path / "Makefile").write_text("slow:\n\techo start >> log.txt; sleep 4; echo end >> log.txt\n")
+    runner = [sys.executable, str(REPO / "tools" / "run_stages.py"), "--makefile", str(tmp_path / "Makefile"), "slow"]
+    log = tmp_path / "log.txt"
+    first = subprocess.Popen(runner, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not log.is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    second = subprocess.Popen(runner, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert first.wait(timeout=60) == 0
+    _, stderr = second.communicate(timeout=60)
+    assert second.returncode == 0 and "another process is writing pipeline stages" in stderr
+    assert log.read_text().split() == ["start", "end", "start", "end"]  # one after the other, never interleaved

@@ -8,7 +8,9 @@ lines), and runs each line itself. Lines that start the pipeline's Python (`$(PY
 or `$(PY) SCRIPT ...`) run in this process, so torch/transformers/axolotl are imported once
 instead of once per command (`import axolotl.train`: 11.5 s on 2 CPU cores, 16-29 s on the lent
 H100 host); other lines (touch, rm, shell conditionals) go to bash. A failing line stops the run with the
-stage's name; re-running resumes at the first stale stage, as make does.
+stage's name; re-running resumes at the first stale stage, as make does. One runner a folder at a
+time (a second one, e.g. the rerun after a `make` killed alone, waits for the first); SIGTERM stops
+the stage that is running, with its children, and exits 143.
 
 usage: tools/run_stages.py [STAGE ...] [--isolate] [--jobs N] [--makefile PATH]
   env: PROFILE, PY, MODEL_NAME and any other make variable to pass on (as for make)
@@ -282,6 +284,16 @@ def main(argv=None):
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # the Makefile's `?=`
     python = os.environ.get("PY") or sys.executable  # the make lines start with $(PY) verbatim
     times_path = MAKEFILE.parent / "results" / os.environ.get("MODEL_NAME", "SmolLM2-135M-Instruct") / "wall_times.json"
+    if args.no_record:  # a --jobs child: its parent holds the folder
+        return run_all(args, python, times_path)
+    from askdraft.io import exclusive
+    # one runner a folder: the rerun of a pipeline whose killed `make` left this runner going waits for it
+    with exclusive(MAKEFILE.parent, "pipeline stages (tools/run_stages.py)"):
+        return run_all(args, python, times_path)
+
+
+def run_all(args, python, times_path):
+    """Each stale stage of args.stages in order (siblings side by side with --jobs); the exit code."""
     done = set()
     for stage in args.stages:
         if stage in done:
