@@ -166,7 +166,12 @@ PACK_ROWS ?= $(PACK_ROWS_$(PROFILE))
 PACK = $(if $(and $(PACK_ROWS),$(filter phase_a phase_b,$(1))), --pack-rows $(PACK_ROWS),)
 RECIPE = $(ASKDRAFT) recipe recipes/$(1).yaml $(foreach p,$(PROFILES_$(PROFILE)),--profile $(p)) --set base_model=$(2)$(PACK) $(3) -o $(RUNS)/$(1)$(4).yaml
 
-.PHONY: bench setup test test-fast data base sft phase-a phase-b merge-b drafts drafts-sampled pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge quality report pipeline phase-b-multi phase-c-multi multi-gpu-bench speed-study clean-runs help
+# a training stage trains in DIR.partial/ (from the start: a killed run's is removed first) and renames
+# it to DIR/ when done (PUT_IN_PLACE), so a kill never leaves a half-written adapter where make or a
+# later stage looks
+PUT_IN_PLACE = rm -rf $(1) && mv $(1).partial $(1)
+
+.PHONY: bench setup test test-fast fault-test data base sft phase-a phase-b merge-b drafts drafts-sampled pairs phase-c drafts-c sg sg-eval val-c kfold eval attribution judge quality report pipeline phase-b-multi phase-c-multi multi-gpu-bench speed-study clean-runs help
 # `make help`: each `target: ... ## text` line, then each `## VAR: text` line with VAR's value here
 HELP_VARS = $(shell sed -n 's/^## \([A-Z_]*\): .*/\1/p' $(THIS_MAKEFILE))
 help: ## this list: the targets, then the variables (make TARGET VAR=value) and their values here
@@ -189,6 +194,9 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 test: setup ## set up, then the whole test suite (what CI runs)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 tests
 
+fault-test: setup ## kill each stage (SIGTERM, SIGKILL) and rerun it: exit 0, the same bytes, no temporary files
+	ASKDRAFT_FAULTS=all HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -s tests/test_faults.py
+
 test-fast: setup ## the suite without the end-to-end (slow) tests
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow" tests
 
@@ -208,19 +216,25 @@ data/sft/REPORT.json: data/MANIFEST.json $(BASE)/config.json
 phase-a: models/baseline_phaseA/adapter_model.safetensors ## A: baseline SFT, question -> yes/no
 models/baseline_phaseA/adapter_model.safetensors: data/sft/REPORT.json
 	$(call RECIPE,phase_a,$(BASE))
-	$(TRAIN) $(RUNS)/phase_a.yaml
+	rm -rf $(@D).partial
+	$(TRAIN) $(RUNS)/phase_a.yaml --output-dir $(@D).partial
+	$(call PUT_IN_PLACE,$(@D))
 
 phase-b: models/cot_phaseB/adapter_model.safetensors ## B: draft-format CoT distillation, continuing A
 models/cot_phaseB/adapter_model.safetensors: models/baseline_phaseA/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
-	$(TRAIN) $(RUNS)/phase_b.yaml
+	rm -rf $(@D).partial
+	$(TRAIN) $(RUNS)/phase_b.yaml --output-dir $(@D).partial
+	$(call PUT_IN_PLACE,$(@D))
 
 # axolotl merges one base shard at a time: about 1.2 GB + 1.5 x the largest shard of RAM (`make base`
 # writes 2 GB shards: ~4 GB for a 7B), and writes the merged model (13.5 GB for a 7B in bf16)
 merge-b: models/cot_phaseB/merged/config.json ## B merged into the base: phase C's start and reference
 models/cot_phaseB/merged/config.json: models/cot_phaseB/adapter_model.safetensors
 	$(call RECIPE,phase_b,$(BASE))
-	$(AXOLOTL) merge-lora $(RUNS)/phase_b.yaml --lora-model-dir models/cot_phaseB  # not phase A's, which the recipe names
+	rm -rf models/cot_phaseB/.merging
+	$(AXOLOTL) merge-lora $(RUNS)/phase_b.yaml --lora-model-dir models/cot_phaseB --output-dir models/cot_phaseB/.merging  # not phase A's, which the recipe names
+	rm -rf $(MERGED) && mv models/cot_phaseB/.merging/merged $(MERGED) && rm -rf models/cot_phaseB/.merging
 	touch $@  # merge-lora copies config.json with the base's old mtime: make would merge again
 
 drafts: $(B_DRAFTS)/REPORT.json ## phase B's drafts for train + dev
@@ -240,8 +254,10 @@ $(PAIRS): $(PAIR_INPUTS)
 phase-c: $(DPO)/adapter_model.safetensors ## C: DPO with the plugin's schedule on merged B
 $(DPO)/adapter_model.safetensors: $(PAIRS) $(MERGED)/config.json
 	$(call RECIPE,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(PROFILES_C_$(PROFILE)) $(C_PROFILES),--profile $(p))$(if $(C_SET), $(C_SET),),$(CV))
-	$(TRAIN) $(RUNS)/phase_c$(CV).yaml
-	rm -f $(DPO)/model.safetensors  # axolotl also saves the whole model beside the adapter
+	rm -rf $(DPO).partial
+	$(TRAIN) $(RUNS)/phase_c$(CV).yaml --output-dir $(DPO).partial
+	rm -f $(DPO).partial/model.safetensors  # axolotl also saves the whole model beside the adapter
+	$(call PUT_IN_PLACE,$(DPO))
 
 drafts-c: $(C_DRAFTS)/REPORT.json ## phase C's drafts for dev
 $(C_DRAFTS)/REPORT.json: $(DPO)/adapter_model.safetensors

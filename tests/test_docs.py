@@ -50,6 +50,7 @@ README_COMMANDS = {
                                    "tests/test_attribution.py::test_cli_end_to_end, "
                                    "tests/test_judge.py::test_serve_option_runs_transformers_serve_for_the_run_only",
     "make judge": "tests/test_judge.py::test_batch_outcomes_win_rate_and_cache",
+    "make fault-test": "tests/test_faults.py::test_stage_survives_a_kill",
     "make report": "tests/test_evaluate.py::test_report_and_notebook_on_real_results",
     "make kfold": "tests/test_kfold.py::test_fold_folder_runs_the_repo_makefile_on_its_own_files (a fold's targets), "
                   "::test_pool_concatenates_folds_and_recomputes_the_statistics (the pooling)",

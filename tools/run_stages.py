@@ -9,7 +9,9 @@ lines), and runs each line itself. Lines that start the pipeline's Python (`$(PY
 or `$(PY) SCRIPT ...`) run in this process, so torch/transformers/axolotl are imported once
 instead of once per command (`import axolotl.train`: 11.5 s on 2 CPU cores, 16-29 s on the lent
 H100 host); other lines (touch, rm, shell conditionals) go to bash. A failing line stops the run with the
-stage's name; re-running resumes at the first stale stage, as make does.
+stage's name; re-running resumes at the first stale stage, as make does. One runner a folder at a
+time (a second one, e.g. the rerun after a `make` killed alone, waits for the first); SIGTERM stops
+the stage that is running, with its children, and exits 143.
 
 usage: tools/run_stages.py [STAGE ...] [--isolate] [--jobs N] [--makefile PATH]
   env: PROFILE, PY, MODEL_NAME and any other make variable to pass on (as for make)
@@ -26,6 +28,7 @@ import linecache
 import os
 import runpy
 import shlex
+import signal
 import subprocess
 import sys
 import textwrap
@@ -162,11 +165,27 @@ def run_line(line, python, isolate):
     print(f"+ {line}", flush=True)
     argv = None if isolate else python_argv(line, python)
     if argv is None:
-        code = subprocess.run(["bash", "-eu", "-o", "pipefail", "-c", line], cwd=MAKEFILE.parent).returncode
+        code = run_shell(line)
         if code:
             raise SystemExit(code)
     else:
         run_in_process(argv)
+
+
+def run_shell(line):
+    """Exit code of `line` run by bash in a process group of its own; if this runner is stopped
+    (SIGTERM, Ctrl-C), the whole group goes too, with whatever the line started in the background."""
+    proc = subprocess.Popen(["bash", "-eu", "-o", "pipefail", "-c", line], cwd=MAKEFILE.parent, start_new_session=True)
+    try:
+        return proc.wait()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
 
 
 def record(times_path, stage, seconds):
@@ -248,12 +267,13 @@ def run_siblings(stages, jobs, python, isolate):
             failed.set()
         slots.release()
     finally:
+        interrupted = stages[0] not in results or results[stages[0]][0] == 128 + signal.SIGTERM
         if stages[0] not in results:  # interrupted: stop the children rather than leave orphans
             failed.set()
             slots.release()
         launcher.join()
         for stage, proc, log, waiter in children:
-            if stages[0] not in results:
+            if interrupted:
                 proc.terminate()
             waiter.join()
     for stage, proc, log, waiter in children:
@@ -275,6 +295,8 @@ def main(argv=None):
     p.add_argument("--makefile", type=Path, default=MAKEFILE, help="default: the repo's; its folder is the cwd")
     args = p.parse_args(argv)
     MAKEFILE = args.makefile.resolve()
+    # SIGTERM unwinds through Python: side-by-side children are stopped, temporary files removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     os.chdir(MAKEFILE.parent)
     os.environ.update(EXPORTS)
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # the Makefile's `?=`
@@ -303,6 +325,18 @@ def main(argv=None):
                     rec["wall_s"] = round(codes[name][1], 1)
                 record_stage(results_dir / "stages.json", MAKEFILE.parent, name, rec, codes[name][0])
         return outcome
+    if args.no_record:  # a --jobs child: its parent holds the lock
+        return run_all(args, python, times_path, measured)
+    from askdraft.io import exclusive
+    # one runner a pipeline (a folder's MODEL_NAME; k-fold candidates have their own): the rerun of a
+    # pipeline whose killed `make` left this runner going waits for it
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive(results_dir, "pipeline stages (tools/run_stages.py)"):
+        return run_all(args, python, times_path, measured)
+
+
+def run_all(args, python, times_path, measured):
+    """Each stale stage of args.stages in order (siblings side by side with --jobs); the exit code."""
     done = set()
     for stage in args.stages:
         if stage in done:

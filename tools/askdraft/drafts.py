@@ -15,13 +15,17 @@ after generation.
 Resumable: each finished batch is appended (and flushed) to <split>.jsonl.partial; a restart
 keeps those rows and generates only the rest; the final file is renamed into place at the end,
 and a split whose final file already covers every question is skipped without loading the model.
+One writer at a time: a run holds a lock on <out-root>/<name>/, and a second run (a rerun while the
+killed run's process still lives, e.g. an orphan of a killed `make`) waits for it, then resumes or
+skips. Two writers would each generate the rest with both processes' threads fighting over the same
+cores, and the second to finish would find its .partial already removed.
 """
 import os
 from pathlib import Path
 
 from askdraft import models, templates
 from askdraft.data import FILES
-from askdraft.io import InputError, atomic_open, dumps, positive_int, write_json, write_jsonl
+from askdraft.io import InputError, atomic_open, dumps, exclusive, positive_int, write_json, write_jsonl
 from askdraft.records import DRAFT_FIELDS as FIELDS, read_drafts, read_split
 from askdraft_dpo.rows import CONTROL
 
@@ -166,7 +170,7 @@ def draft_split(split_file, out, model_fn, batch_size=16, limit=None, form="tent
             bar.close()
     final = [done[q] for q in gold]
     write_jsonl(out, final)
-    partial.unlink()
+    partial.unlink(missing_ok=True)
     return {**counts(final), "skipped": False}
 
 
@@ -196,11 +200,18 @@ def run(base, name, adapter=None, splits=("train", "dev"), data="data", out_root
 
     check_sizes(batch_size, limit)
     models.check_dirs(base, adapter)
-    out_dir = Path(out_root) / name
-    report = {}
     for split in splits:
         if split not in SPLITS:
             raise InputError("--splits", None, f"unknown split {split!r}; choose from {sorted(SPLITS)}")
+    out_dir = Path(out_root) / name
+    with exclusive(out_dir, "drafts"):
+        return write_splits(out_dir, splits, data, model_fn, batch_size, limit, base, adapter, form, gen)
+
+
+def write_splits(out_dir, splits, data, model_fn, batch_size, limit, base, adapter, form, gen):
+    """run()'s work, under its lock on out_dir: each split's drafts, then REPORT.json."""
+    report = {}
+    for split in splits:
         report[split] = draft_split(Path(data) / SPLITS[split], out_dir / f"{split}.jsonl", model_fn,
                                     batch_size=batch_size, limit=limit, form=form, **gen)
         c = report[split]

@@ -3,9 +3,12 @@
 The line reader and InputError live in the phase C plugin (askdraft_dpo.rows, which validates
 its pairs files with them and needs nothing from these tools); they are re-exported here."""
 import contextlib
+import fcntl
+import glob
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -58,6 +61,9 @@ def atomic_open(path, mode="w"):
     """Write to a temporary file beside `path` and rename it into place only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # a killed writer's
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
@@ -91,3 +97,31 @@ def sha256_file(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(folder, what):
+    """Hold an exclusive lock on `folder` (created if missing, removed again if left empty) while
+    writing into it.
+
+    A second writer of the same folder (e.g. the rerun of a stage whose killed parent left this
+    one running) waits here, saying so, instead of racing it over the same files. The lock is
+    the kernel's (flock on the folder itself): no lock file, and it goes with the process, even
+    on SIGKILL."""
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{folder}: another process is writing {what} here (an earlier run still going?); "
+                  "waiting for it to finish", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+        if created:  # nothing written (e.g. bad input): leave no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
