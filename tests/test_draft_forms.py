@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from askdraft import data, drafts, evaluate, pairs, sft_data, templates
+from askdraft import data, drafts, evaluate, pairs, sft_data, summary, templates
 from askdraft.io import InputError, write_jsonl
 from conftest import strategyqa_split
 
@@ -117,7 +117,7 @@ def test_pairs_answer_mode_works_draft_mode_says_why_not(questions_data, tmp_pat
 
 def test_overrides_of_conclusion_free_drafts_is_none():
     rows = [{"question": "a", "answer": "yes", "pred": "yes", "correct": 1, "tentative": "none"}]
-    assert evaluate.overrides(rows) is None
+    assert summary.overrides(rows) is None
 
 
 def test_scored_prompt_is_the_pair_prompt_token_for_token(questions_data, smollm2_dir, tmp_path):

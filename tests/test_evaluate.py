@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from askdraft import REPO_ROOT, evaluate, report, stats, templates
+from askdraft import REPO_ROOT, evaluate, report, stats, summary, templates
 from askdraft.io import InputError, read_jsonl, sha256_file, write_json, write_jsonl
 
 TASKS = ("strategyqa", "strategyqa_nodraft", "strategyqa_draft", "strategyqa_shuffleddraft",
@@ -244,7 +244,7 @@ def test_evaluate_per_question_files_match_lm_eval_cli(run, evaluated):
 
 @pytest.mark.slow
 def test_summary_shape_and_paired_stats(run, evaluated):
-    s = evaluate.summarize("smol", evaluated, data_dir=run["data"])
+    s = summary.summarize("smol", evaluated, data_dir=run["data"])
     dev = read_jsonl(evaluated.parent / "dev.jsonl", required=("question",), allow_extra=True)
     dev_order = [r["question"] for r in dev]
     vec = lambda stage, task: [_correct(evaluated, stage, task)[q] for q in dev_order]  # noqa: E731
@@ -304,7 +304,7 @@ def execute_notebook(model, results):
 
 @pytest.mark.slow
 def test_report_and_notebook_on_real_results(evaluated):
-    evaluate.summarize("smol", evaluated)
+    summary.summarize("smol", evaluated)
     md = report.write_report("smol", evaluated).read_text()
     root = evaluated / "smol"
     for png in ("accuracy_by_stage.png", "ablations.png"):
@@ -332,7 +332,7 @@ def test_summary_and_report_with_attribution_and_judge(tmp_path):
                {"mean_share": 0.25, "ci_low": 0.2, "ci_high": 0.3, "n": 20, "per_question": []})
     write_json(tmp_path / "m" / "judge.json", {"judge_model": "judge-x", "name_a": "C", "name_b": "B",
                                                **stats.win_rate(["win"] * 12 + ["tie"] * 4 + ["loss"] * 4)})
-    s = evaluate.summarize("m", tmp_path)
+    s = summary.summarize("m", tmp_path)
     assert s["ablations"]["B_minus_A"]["diff"] == pytest.approx(0.15)
     assert s["attribution_draft_share"]["before_dpo"] is None
     assert s["attribution_draft_share"]["after_dpo"]["share"] == 0.25
@@ -342,7 +342,7 @@ def test_summary_and_report_with_attribution_and_judge(tmp_path):
     for png in ("accuracy_by_stage.png", "ablations.png", "attribution.png", "judge.png"):
         assert (tmp_path / "m" / png).stat().st_size > 1000
     with pytest.raises(InputError, match="no evaluation results"):
-        evaluate.summarize("other", tmp_path)
+        summary.summarize("other", tmp_path)
 
 
 # ---------------------------------------------------------------- (f) tie-free scoring

@@ -48,7 +48,7 @@ def test_nf4_eval_of_a_random_base_is_marked_not_meaningful(tmp_path, tiny_llama
     and summarize + report mark every number of a random-weight model as not meaningful."""
     from conftest import strategyqa_split
 
-    from askdraft import evaluate, report
+    from askdraft import evaluate, report, summary
     from askdraft.random_base import write_random_model
 
     base = write_random_model(tmp_path / "rand", "tiny", tiny_llama_dir)
@@ -57,7 +57,7 @@ def test_nf4_eval_of_a_random_base_is_marked_not_meaningful(tmp_path, tiny_llama
                       limit=6, results=results, batch_size=4, dtype="nf4")
     meta = json.loads(evaluate.eval_paths(results, "rand", "base", "strategyqa")[1].read_text())
     assert meta["dtype"] == "nf4" and meta["n"] == 6
-    summary = evaluate.summarize("rand", results)
-    assert "Random weights" in summary["random_weights"]
+    s = summary.summarize("rand", results)
+    assert "Random weights" in s["random_weights"]
     text = report.write_report("rand", results).read_text()
     assert "**Not results.** Random weights" in text

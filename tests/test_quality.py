@@ -308,7 +308,7 @@ def test_question_quality_stages_paired(tmp_path):
 
 def test_summary_and_report_show_question_quality(tmp_path):
     """make quality's file -> summary.json's question_quality block -> report.md's table and PNG."""
-    from askdraft import evaluate, report
+    from askdraft import evaluate, report, summary
     from askdraft.io import write_json, write_jsonl as write_rows
 
     toy = write_toy(tmp_path / "decompositions.jsonl")
@@ -319,7 +319,7 @@ def test_summary_and_report_show_question_quality(tmp_path):
     write_json(meta, {"stage": "C", "task": "strategyqa_draft", "acc": 1 / 3, "n": 3, "base": "b", "adapter": "a",
                       "dev_sha256": "0" * 64, "drafts_sha256": None, "device": "cpu", "run_wall_s": 1.0,
                       "run_started": "t", "commit": "c" * 40})
-    s = evaluate.summarize("m", tmp_path)
+    s = summary.summarize("m", tmp_path)
     assert s["question_quality"]["recall"] == res["recall"] and "per_question" not in s["question_quality"]
     md = report.write_report("m", tmp_path).read_text()
     assert "Question quality" in md and f"{res['recall']['B']['mean']:.3f}" in md and "C − B" not in md

@@ -78,7 +78,7 @@ def runs_table(results=RESULTS):
 
 # ---------------------------------------------------------------- README.md's headline
 
-HEADLINE_RUN = "SmolLM2-135M-Instruct_h200_chosen-pairs_seed-losses_kfold5"
+HEADLINE_RUN = "SmolLM2-135M-Instruct_h200_chosen-pairs_seed-losses_asking-kfold5"
 
 
 def headline_table(results=RESULTS, run=HEADLINE_RUN):
@@ -87,19 +87,37 @@ def headline_table(results=RESULTS, run=HEADLINE_RUN):
     st, abl, orc = s["stages"], s["ablations"], s.get("oracle") or {}
     def acc(e):
         return f"{pct(e['accuracy'])} [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]"
+
+    def answers(e):  # the "yes" share beside every accuracy; a constant predictor is flagged
+        return "" if e.get("yes_share") is None else pct(e["yes_share"]) + (" **degenerate**" if e.get("degenerate") else "")
     rows = [f"From [`results/{run}/`](results/{run}/) ({s['kfold']['folds']} folds, n = {st['A']['n']}, "
             f"commit `{s['commit'][:7]}`, {s['device']}).", "",
-            "| stage | accuracy (95 % CI) | | effect | difference (95 % CI, McNemar p) |", "|---|---|---|---|---|"]
+            "| stage | accuracy (95 % CI) | answers \"yes\" | effect | difference (95 % CI, McNemar p) |", "|---|---|---|---|---|"]
     effects = [("C − A", abl.get("C_minus_A")), ("C: own draft − no draft", abl.get("draft_minus_nodraft")),
                ("C: own draft − shuffled draft", abl.get("draft_minus_shuffled")),
                ("C: draft without its conclusion − no draft", abl.get("noconclusion_minus_nodraft")),
                (f"{orc.get('stage', 'B')}: teacher draft without conclusion − no draft",
                 (orc.get("teacher_noconclusion") or {}).get("minus_nodraft"))]
+    ans = (s.get("answered") or {}).get("C") or {}
+    effects += [("C: own draft answered from the fact store − no draft", ans.get("answered_draft_minus_nodraft")),
+                ("C: answered own draft − answered by the question alone", ans.get("answered_draft_minus_answered_question"))]
+    qq = (s.get("question_quality") or {}).get("differences", {}).get("C - B")
+    recall = None if qq is None else (f"{qq['diff']:+.3f} [{qq['ci_low']:+.3f}, {qq['ci_high']:+.3f}] "
+                                      f"(sign test {qq['sign_test_p']:.2g})")
     names = {"base": "base (zero-shot)", "A": "A: baseline SFT", "B": "B: draft distillation, own draft",
              "C": "C: DPO (chosen per fold), own draft", "SG": "SG: one self-guided round, own draft"}
-    for i, stage in enumerate(k for k in names if k in st):
-        eff = effects[i] if i < len(effects) else ("", None)
-        rows.append(f"| {names[stage]} | {acc(st[stage])} | | {eff[0]} | {pp(eff[1], p=True)} |")
+    m = s.get("majority_baseline")
+    lines = ([(f"majority class (always \"{m['answer']}\")", pct(m["accuracy"]), "100.0 %" if m["answer"] == "yes" else "0.0 %")]
+             if m else [])
+    lines += [(names[k], acc(st[k]), answers(st[k])) for k in names if k in st]
+    effects += [("", None)] * (len(lines) - len(effects))
+    lines += [("", "", "")] * (len(effects) - len(lines))
+    if recall:
+        effects.append(("C − B: recall@5 of the question's gold facts its sub-questions find", recall))
+        lines.append(("", "", ""))
+    for (name, a, y), eff in zip(lines, effects):
+        diff = eff[1] if isinstance(eff[1], str) else pp(eff[1], p=True) if eff[0] else ""
+        rows.append(f"| {name} | {a} | {y} | {eff[0]} | {diff} |")
     return "\n".join(rows)
 
 

@@ -13,6 +13,7 @@ A pairs file (phase C): `prompt`, `chosen`, `rejected` (or the recipe's field_pr
 field_chosen / field_rejected) are required non-empty strings, chosen differs from rejected
 (compared after stripping whitespace), and the same pair twice is an error (it would train twice).
 """
+import gzip
 import json
 import re
 from pathlib import Path
@@ -39,11 +40,11 @@ def text_lines(path):
     Not str.splitlines: that also breaks on U+2028, U+2029, U+0085 (and \x1c-\x1e), which
     json.dumps(ensure_ascii=False) writes raw inside strings. A leading UTF-8 BOM is skipped
     (as every common JSON reader does), a trailing "\r" dropped (CRLF files), and bytes that are
-    not UTF-8 are an error naming the line and column."""
+    not UTF-8 are an error naming the line and column. A .gz file is read decompressed."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, None, "file not found")
-    data = path.read_bytes()
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()  # committed results
     if data.startswith(BOM):
         data = data[len(BOM):]
     out = []

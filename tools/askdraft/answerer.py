@@ -85,13 +85,14 @@ def answered_drafts(store, rows, query_set="draft", k=DEFAULT_K, source=None):
 def summary(evals):
     """summary.json's `answered` block: per stage that ran them, the answered tasks' accuracies and
     the paired differences of the answered own draft against no draft and the two controls."""
-    from askdraft.evaluate import ABLATIONS, ANSWERED, acc_entry, paired, stage_key
+    from askdraft.evaluate import ABLATIONS, ANSWERED
+    from askdraft.summary import acc_entry, paired, stage_key
 
     tasks = {**ANSWERED, "nodraft": ABLATIONS["nodraft"]}
     out = {}
     for stage in sorted({s for s, t in evals if t in ANSWERED.values()}, key=stage_key):
         c = {k: evals[stage, t][1] for k, t in tasks.items() if (stage, t) in evals}
-        out[stage] = {k: acc_entry(v) for k, v in c.items() if k != "nodraft"}
+        out[stage] = {k: acc_entry(v, evals[stage, tasks[k]][0]) for k, v in c.items() if k != "nodraft"}
         for other in ("nodraft", "answered_question", "answered_gold"):
             if "answered_draft" in c and other in c:
                 out[stage][f"answered_draft_minus_{other}"] = paired(c["answered_draft"], c[other])

@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 
 from askdraft import REPO_ROOT, data, git_commit, stats
-from askdraft.evaluate import eval_paths, summarize
+from askdraft.evaluate import eval_paths
+from askdraft.summary import provenance_data, summarize
 from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
 from askdraft.report import write_report
 
 # name: (pair mode, phase C recipe profiles); "seed" is the seed's settings unchanged
-CANDIDATES = {"seed": ("draft", ""), "answer-rpo": ("answer", "c-answer-rpo"),
+CANDIDATES = {"seed": ("draft", "c-seed-lr"), "answer-rpo": ("answer", "c-answer-rpo"),
               "draft-rpo": ("draft", "c-draft-rpo"),
               # two drafts sampled from B per training question, the one whose sub-questions find more of
               # its gold facts chosen; compared per token with the NLL term on the chosen draft, as draft-rpo
@@ -78,8 +79,6 @@ def candidate_env(base_env, model, name):
     return {**base_env, "C_VARIANT": name, "C_PROFILES": profiles, "PAIR_MODE": mode, "MODEL_NAME": f"{model}-{name}"}
 
 
-# a candidate that gives one answer to this share of the validation questions or more is degenerate
-DEGENERATE_SHARE = 0.95
 TIE_RULE = "equal validation accuracy: the candidate listed first in --candidates"
 
 
@@ -87,9 +86,7 @@ def val_accuracy(d, model, name):
     rows_path, meta = eval_paths(d / "results" / "val", f"{model}-{name}", "C", "strategyqa_draft")
     m = json.loads(meta.read_text(encoding="utf-8"))
     preds = [r["pred"] for r in read_jsonl(rows_path, required=("pred",), allow_extra=True)]
-    yes = sum(p == "yes" for p in preds) / len(preds)
-    return {"acc": m["acc"], "n": m["n"], "yes_share": round(yes, 4),
-            "degenerate": max(yes, 1 - yes) >= DEGENERATE_SHARE}
+    return {"acc": m["acc"], "n": m["n"], **stats.answer_share(preds)}
 
 
 def choose(val, candidates):
@@ -191,11 +188,15 @@ def pool(root, folds, model, out, selections):
              for f in range(folds)}
     pool_question_quality(root, folds, selections, out)
     summary = summarize(out.name, out.parent, data_dir=fold_dir(root, 0) / "data")
+    summary["provenance"]["data_sha256"] = {  # every fold's split files, not the first fold's
+        f"fold_{f}/{name}": sha for f in range(folds)
+        for name, sha in provenance_data(fold_dir(root, f) / "data").items()}
     val = {n: [s["validation"][n] for s in selections.values() if s["validation"][n]["acc"] is not None]
            for n in selections[0]["validation"]}
     summary["kfold"] = {
         "folds": folds, "n_questions": summary["stages"].get("A", {}).get("n"),
-        "selection": {str(f): {"validation": s["validation"], "chosen": s["chosen"], "seconds": s.get("seconds")}
+        "selection": {str(f): {"validation": s["validation"], "chosen": s["chosen"], "seconds": s.get("seconds"),
+                               "selection_rule": s.get("selection_rule")}
                       for f, s in sorted(selections.items())},
         "validation_pooled": {n: round(sum(v["acc"] * v["n"] for v in vs) / sum(v["n"] for v in vs), 4) if vs else None
                               for n, vs in val.items()},
@@ -235,7 +236,10 @@ def pool_question_quality(root, folds, selections, out):
 def pool_judges(judges):
     """Judge outcomes of every fold in one win-rate (outcomes per question as the judge wrote them)."""
     outcomes = [q["outcome"] for j in judges for q in j.get("per_question", []) if q.get("outcome") in ("win", "tie", "loss")]
-    head = {k: judges[0].get(k) for k in ("judge_model", "name_a", "name_b", "mode")}
+    head = {k: judges[0].get(k) for k in ("judge_model", "mode")}
+    for k in ("name_a", "name_b"):  # each fold's own chosen candidate, not the first fold's
+        names = [j.get(k) for j in judges]
+        head[k] = names[0] if len(set(names)) == 1 else "per fold: " + ", ".join(names)
     r = stats.win_rate(outcomes) if outcomes else {"win_rate": None, "ci_low": None, "ci_high": None, "n": 0}
     return {**head, **r, "folds": len(judges)}
 

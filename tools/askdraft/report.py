@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from askdraft.io import InputError, atomic_open
+from askdraft.stats import DEGENERATE_SHARE
 
 NOT_RUN = "not run"
 CI_NOTE = "95 % CI: percentile bootstrap over dev questions (paired for differences)."
@@ -68,11 +69,29 @@ def _bars(ax, labels, entries, value="accuracy", color="tab:blue"):
 
 # ---------------------------------------------------------------- sections
 
+def answers(e):
+    """The row's "yes" share, and the flag of a constant predictor (stats.answer_share)."""
+    if e.get("yes_share") is None:
+        return ""
+    return pct(e["yes_share"]) + (" **degenerate**" if e.get("degenerate") else "")
+
+
+def majority_row(s, width):
+    m = s.get("majority_baseline")
+    if not m:
+        return []
+    return [(f"majority class (always \"{m['answer']}\")", "", pct(m["accuracy"]), "", m["n"],
+             "100.0 %" if m["answer"] == "yes" else "0.0 %", "")[:width]]
+
+
 def stages_md(s):
     tasks = s["provenance"].get("stage_tasks", {})
-    rows = [(st, f"`{tasks.get(st, '?')}`", pct(e["accuracy"]), ci(e), e["n"],
+    rows = [(st, f"`{tasks.get(st, '?')}`", pct(e["accuracy"]), ci(e), e["n"], answers(e),
              eval_source(s, f"{st}.{tasks.get(st)}")) for st, e in s["stages"].items()]
-    md = table(("stage", "task", "accuracy", "95 % CI", "n", "source"), rows) if rows else NOT_RUN
+    md = table(("stage", "task", "accuracy", "95 % CI", "n", "answers \"yes\"", "source"),
+               majority_row(s, 7) + rows) if rows else NOT_RUN
+    md += (f"\n\nA row that gives one answer to {pct(DEGENERATE_SHARE)} of the questions or more is a constant "
+           "predictor (**degenerate**): its accuracy is the share of that answer, not something learned.")
     diffs = [(k.replace("_minus_", " − "), s["ablations"].get(k)) for k in ("B_minus_A", "C_minus_A")]
     return md + "\n\n" + diff_table(diffs)
 
@@ -100,14 +119,14 @@ def ablations_md(s):
     a, stage = s["ablations"], s["provenance"].get("ablation_stage")
     tasks = {"draft": "strategyqa_draft", "nodraft": "strategyqa_nodraft",
              "shuffled": "strategyqa_shuffleddraft", "noconclusion": "strategyqa_draft_noconclusion"}
-    rows = [(k, NOT_RUN, "", "", "") if a.get(k) is None else
-            (k, pct(a[k]["accuracy"]), ci(a[k]), a[k].get("n", ""), eval_source(s, f"{stage}.{t}"))
+    rows = [(k, NOT_RUN, "", "", "", "") if a.get(k) is None else
+            (k, pct(a[k]["accuracy"]), ci(a[k]), a[k].get("n", ""), answers(a[k]), eval_source(s, f"{stage}.{t}"))
             for k, t in tasks.items()]
     head = (f"Stage **{stage or NOT_RUN}** with its own draft, no draft, another question's draft, and its "
             "own draft without the tentative answer (noconclusion: do the questions help?).\n\n")
     diffs = [(k.replace("_minus_", " − "), a.get(k))
              for k in ("draft_minus_nodraft", "draft_minus_shuffled", "noconclusion_minus_nodraft")]
-    return (head + table(("prompt", "accuracy", "95 % CI", "n", "source"), rows) + "\n\n" + diff_table(diffs)
+    return (head + table(("prompt", "accuracy", "95 % CI", "n", "answers \"yes\"", "source"), rows) + "\n\n" + diff_table(diffs)
             + overrides_md(a.get("overrides")))
 
 
@@ -116,9 +135,13 @@ def overrides_md(o):
         return ""
     def share(e):
         return f"{pct(e['share'])} of {e['n']}" if e["share"] is not None else f"n = {e['n']}"
-    return ("\n\nFinal answer against the draft's tentative answer: overrides a wrong one "
+    base = o.get("final_equals_tentative_if_independent")
+    return ("\n\nFinal answer against the draft's tentative answer, over the "
+            f"{o.get('n_with_conclusion', '?')} of {o.get('n', '?')} drafts that state one: overrides a wrong one "
             f"{share(o['overrides_wrong_tentative'])}; keeps a right one {share(o['keeps_right_tentative'])}; "
-            f"equals it {share(o['final_equals_tentative'])}; {o['unparsed_tentative']} drafts state none.")
+            f"equals it {share(o['final_equals_tentative'])}"
+            + (f", against {pct(base)} if the two answers were independent at the same \"yes\" shares" if base is not None else "")
+            + f"; {o['unparsed_tentative']} drafts state none.")
 
 
 ORACLE_LABELS = {"teacher_noconclusion": "teacher draft, no conclusion", "teacher_gold": "teacher draft, gold conclusion",
@@ -158,12 +181,21 @@ def kfold_md(s):
     if not k:
         return "Single split (no k-fold)."
     names = list(k["validation_pooled"])
-    rows = [(f, *(pct(v["validation"][n]["acc"]) if v["validation"][n]["acc"] is not None else "failed" for n in names),
-             v["chosen"]) for f, v in k["selection"].items()]
+
+    def cell(v):
+        if v["acc"] is None:
+            return "failed"
+        return pct(v["acc"]) + (f" (yes {pct(v['yes_share'])})" if "yes_share" in v else "") + (
+            " **degenerate**" if v.get("degenerate") else "")
+    rows = [(f, *(cell(v["validation"][n]) for n in names), v["chosen"]
+             + (" (all degenerate)" if (v.get("selection_rule") or {}).get("all_degenerate") else "")
+             + (" (tie: " + ", ".join(v["selection_rule"]["tied"]) + ")" if (v.get("selection_rule") or {}).get("tied") else ""))
+            for f, v in k["selection"].items()]
     rows.append(("pooled", *(pct(k["validation_pooled"][n]) for n in names), ""))
+    rule = next((v["selection_rule"]["tie_rule"] for v in k["selection"].values() if v.get("selection_rule")), None)
     return (f"{k['folds']} folds, every question dev once; phase C chosen per fold by its accuracy on a validation "
-            "split carved from that fold's train (no stage trains on it), never on dev.\n\n"
-            + table(("fold", *names, "chosen"), rows))
+            "split carved from that fold's train (no stage trains on it), never on dev, and never a degenerate "
+            "candidate" + (f"; ties: {rule}" if rule else "") + ".\n\n" + table(("fold", *names, "chosen"), rows))
 
 
 def fig_ablations(s):
@@ -265,9 +297,9 @@ def answered_md(s):
             "(an open book, as Self-Ask's search engine), against no draft and the two retrieval controls.\n\n")
     rows, diffs = [], []
     for stage, b in a.items():
-        rows += [(stage, k, pct(e["accuracy"]), ci(e), e["n"]) for k, e in b.items() if "_minus_" not in k]
+        rows += [(stage, k, pct(e["accuracy"]), ci(e), e["n"], answers(e)) for k, e in b.items() if "_minus_" not in k]
         diffs += [(f"{stage}: {k.replace('_minus_', ' − ')}", e) for k, e in b.items() if "_minus_" in k]
-    return head + table(("stage", "prompt", "accuracy", "95 % CI", "n"), rows) + "\n\n" + diff_table(diffs)
+    return head + table(("stage", "prompt", "accuracy", "95 % CI", "n", "answers \"yes\""), rows) + "\n\n" + diff_table(diffs)
 
 
 def provenance_md(s):

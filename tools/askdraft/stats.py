@@ -13,6 +13,23 @@ N_BOOT = 10_000
 LEVEL = 0.95
 SEED = 0
 WIN_SCORES = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+# a row that gives one answer to this share of the questions or more is a constant predictor,
+# flagged "degenerate" wherever its accuracy appears and never chosen as phase C
+DEGENERATE_SHARE = 0.95
+
+
+def answer_share(preds):
+    """{"yes_share", "degenerate"} of a list of "yes"/"no" predictions."""
+    preds = list(preds)
+    if not preds:
+        raise ValueError("answer_share: no predictions")
+    yes = sum(p == "yes" for p in preds) / len(preds)
+    return {"yes_share": round(yes, 4), "degenerate": max(yes, 1 - yes) >= DEGENERATE_SHARE}
+
+
+def independent_agreement(p_yes, q_yes):
+    """How often two yes/no answers agree if they are independent at these "yes" shares."""
+    return p_yes * q_yes + (1 - p_yes) * (1 - q_yes)
 
 
 def _vector(values, name="values"):
