@@ -123,3 +123,17 @@ def test_pool_folds_restores_item_order():
         stats.pool_folds(folds, per_fold[:2] + [per_fold[2][:-1]] + per_fold[3:])
     with pytest.raises(ValueError, match="4 folds"):
         stats.pool_folds(folds, per_fold[:3])
+
+
+def test_answer_share_flags_a_constant_predictor_at_95_percent():
+    from askdraft.stats import DEGENERATE_SHARE, answer_share, independent_agreement
+    assert DEGENERATE_SHARE == 0.95
+    assert answer_share(["no"] * 95 + ["yes"] * 5) == {"yes_share": 0.05, "degenerate": True}
+    assert answer_share(["yes"] * 95 + ["no"] * 5)["degenerate"]
+    assert answer_share(["yes"] * 94 + ["no"] * 6) == {"yes_share": 0.94, "degenerate": False}
+    with pytest.raises(ValueError):
+        answer_share([])
+    # independence: P(agree) = p q + (1 - p)(1 - q), checked against counting every pair of a grid
+    p, q = 0.3, 0.8
+    grid = [(a, b) for a in [1] * 3 + [0] * 7 for b in [1] * 8 + [0] * 2]
+    assert independent_agreement(p, q) == pytest.approx(sum(a == b for a, b in grid) / len(grid))

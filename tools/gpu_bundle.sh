@@ -19,7 +19,8 @@ cd "$(dirname "$0")/.."
 kit=${1:-../shared/gpu-kit}
 [ -f "$kit/make_bundle.sh" ] || { echo "error: $kit/make_bundle.sh not found (give the gpu-kit folder)" >&2; exit 2; }
 # the judge's wheels, at requirements.lock's versions
-judge="fastapi starlette uvicorn openai httpx2 httpcore2 truststore idna jiter sniffio opentelemetry-api"
+# (and bm25s, the fact store of question quality, pure Python)
+judge="fastapi starlette uvicorn openai httpx2 httpcore2 truststore idna jiter sniffio opentelemetry-api bm25s"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 for name in $judge; do
   pin=$(grep -i -E "^${name}==" requirements.lock) || { echo "error: requirements.lock has no pin for $name" >&2; exit 2; }
