@@ -88,8 +88,10 @@ def test_phase_c_recipe_runs_the_schedule(tiny_llama_dir, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in pairs))
     datasets = yaml.safe_load((REPO / "recipes/phase_c.yaml").read_text())["datasets"]
     datasets[0]["path"] = str(data)
+    # summed log-probs and no NLL term (the seed's loss), so the reference is checked against sums below
     recipe = _recipe(tiny_llama_dir, tmp_path, datasets=datasets, gradient_accumulation_steps=1,
-                     learning_rate=2e-2, warmup_ratio=0.0, lr_scheduler="constant", dataset_num_proc=1)
+                     learning_rate=2e-2, warmup_ratio=0.0, lr_scheduler="constant", dataset_num_proc=1,
+                     askdraft_length_normalize=False, askdraft_rpo_alpha=0.0)
 
     env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     axolotl = Path(sys.executable).with_name("axolotl")
