@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from askdraft import pack, quality, summary
 
@@ -90,6 +91,11 @@ def crafted_run(root):
     (evals / ".done").write_text("")
     (root / "folds" / "fold_0").mkdir(parents=True)
     (root / "folds" / "fold_0" / "selection.json").write_text('{"chosen": "x"}')
+    (root / "run.log").write_text("a log\n")
+    (root / "judge.calls.jsonl").write_text('{"call": 1}\n')
+    (root / "attribution" / "heatmaps_after").mkdir(parents=True)
+    for i, (w, h) in enumerate(((30, 10), (20, 7)), 1):
+        Image.new("RGBA", (w, h), (i * 100, 0, 0, 255)).save(root / "attribution" / "heatmaps_after" / f"attribution_{i}.png")
 
 
 def test_pack_results_round_trips_and_is_idempotent(tmp_path):
@@ -99,15 +105,22 @@ def test_pack_results_round_trips_and_is_idempotent(tmp_path):
     before = summary.load_evals(tmp_path / "a", "m")
     assert main(["pack-results", str(tmp_path / "a" / "m")]) == 0
     packed = tmp_path / "a" / "m"
-    assert sorted(p.name for p in packed.iterdir()) == ["evals.jsonl.gz", "folds.tar.gz"]
+    assert sorted(p.name for p in packed.iterdir()) == ["attribution", "evals.jsonl.gz", "folds.tar.gz", "logs.tar.gz"]
     assert summary.load_evals(tmp_path / "a", "m") == before
     with tarfile.open(packed / "folds.tar.gz") as tar:
         assert json.load(tar.extractfile("folds/fold_0/selection.json")) == {"chosen": "x"}
-    bytes_once = {p.name: p.read_bytes() for p in packed.iterdir()}
+    with tarfile.open(packed / "logs.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["judge.calls.jsonl", "run.log"]
+        assert tar.extractfile("run.log").read() == b"a log\n"
+    sheet = Image.open(packed / "attribution" / "heatmaps_after.png")
+    assert sheet.size == (30, 17) and sheet.getpixel((0, 0))[0] == 100 and sheet.getpixel((0, 10))[0] == 200
+    assert [p.name for p in (packed / "attribution").iterdir()] == ["heatmaps_after.png"]
+    bytes_once = {p.relative_to(packed): p.read_bytes() for p in packed.rglob("*") if p.is_file()}
     assert pack.pack(packed) == []  # a packed folder: nothing to do, nothing rewritten
-    assert {p.name: p.read_bytes() for p in packed.iterdir()} == bytes_once
-    pack.pack(tmp_path / "b" / "m")  # the same folder elsewhere packs to the same bytes
-    assert {p.name: p.read_bytes() for p in (tmp_path / "b" / "m").iterdir()} == bytes_once
+    assert {p.relative_to(packed): p.read_bytes() for p in packed.rglob("*") if p.is_file()} == bytes_once
+    other = tmp_path / "b" / "m"
+    pack.pack(other)  # the same folder elsewhere packs to the same bytes
+    assert {p.relative_to(other): p.read_bytes() for p in other.rglob("*") if p.is_file()} == bytes_once
 
 
 def test_a_bad_packed_file_is_an_error_naming_its_line(tmp_path):

@@ -5,10 +5,13 @@ per-question rows). Packing turns `evals/` into ONE file, `evals.jsonl.gz`: for 
 the order of its meta file's name, a line `{"meta": {...}}` with the meta as it was, followed by
 that eval's rows, one JSON object a line, unchanged; a row belongs to the meta line above it.
 `askdraft.summary.load_evals` (summarize, report, the notebook, the tests) reads either layout.
-Folders that nothing reads file by file (`folds/`, a k-fold run's per-fold reports and logs)
-become `<name>.tar.gz`. Both are written atomically and byte-for-byte deterministically (sorted
-members, gzip and tar times 0), checked against the originals, and only then are the originals
-removed. Files starting with "." in `evals/` (make's `.done` stamp, a --limit run's dev subset)
+Folders that nothing reads file by file (`folds/`, a k-fold run's per-fold reports and logs;
+`recipes/`, a run's copies of its recipes) become `<name>.tar.gz`, and the run's logs (`*.log`,
+`*.log.gz`, the judge's `judge.calls.jsonl`), when there are two or more, `logs.tar.gz`. Each
+`attribution/<folder>/` of heatmap PNGs becomes one `attribution/<folder>.png`, the heatmaps top
+to bottom (the report links it). All are written atomically and byte-for-byte deterministically
+(sorted members, gzip and tar times 0), the archives checked against the originals, and only
+then are the originals removed. Files starting with "." in `evals/` (make's `.done` stamp, a --limit run's dev subset)
 are not kept. Packing a packed folder does nothing.
 """
 import argparse
@@ -22,7 +25,8 @@ from pathlib import Path
 from askdraft.io import InputError, atomic_open, dumps, json_lines, read_jsonl, strip_line
 
 PACKED = "evals.jsonl.gz"
-ARCHIVED = ("folds",)  # subfolders read only as a whole (by people), never file by file
+ARCHIVED = ("folds", "recipes")  # subfolders read only as a whole (by people), never file by file
+LOGS = ("*.log", "*.log.gz", "*.calls.jsonl")
 
 
 def folder_evals(folder):
@@ -97,21 +101,16 @@ def pack_evals(root):
     return True
 
 
-def _tar_info(name, size=0, is_dir=False):
+def _tar_info(name, size):
     info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = size, 0, 0, 0, "", ""
-    info.type, info.mode = (tarfile.DIRTYPE, 0o755) if is_dir else (tarfile.REGTYPE, 0o644)
+    info.size, info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = size, 0, 0, 0, "", "", 0o644
     return info
 
 
-def archive(root, name):
-    """root/name/ -> root/name.tar.gz, deterministic; True if it archived."""
-    folder, out = Path(root) / name, Path(root) / f"{name}.tar.gz"
-    if not folder.is_dir():
-        return False
-    if out.exists():
-        raise InputError(out, None, f"exists beside {name}/: unpack it or move one of them first")
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
+def write_tar(root, out, files):
+    """files (under root) -> out, a .tar.gz of them by their path relative to root, deterministic;
+    checked against the files, which are then removed."""
+    files = sorted(files)
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -123,9 +122,60 @@ def archive(root, name):
     with tarfile.open(out) as tar:
         back = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
     if back != {p.relative_to(root).as_posix(): p.read_bytes() for p in files}:
-        raise InputError(out, None, "the archive does not read back as the folder it packed")
+        raise InputError(out, None, "the archive does not read back as the files it packed")
+    for p in files:
+        p.unlink()
+
+
+def archive(root, name):
+    """root/name/ -> root/name.tar.gz; True if it archived."""
+    folder, out = Path(root) / name, Path(root) / f"{name}.tar.gz"
+    if not folder.is_dir():
+        return False
+    if out.exists():
+        raise InputError(out, None, f"exists beside {name}/: unpack it or move one of them first")
+    write_tar(root, out, [p for p in folder.rglob("*") if p.is_file()])
     shutil.rmtree(folder)
     return True
+
+
+def archive_logs(root):
+    """The run's logs (*.log, *.log.gz, the judge's *.calls.jsonl) -> logs.tar.gz, when there are
+    two or more (one log stays as it is); True if it archived."""
+    root, out = Path(root), Path(root) / "logs.tar.gz"
+    logs = sorted({p for pattern in LOGS for p in root.glob(pattern) if p.is_file()})
+    if len(logs) < 2:
+        return False
+    if out.exists():
+        raise InputError(out, None, f"exists beside logs {[p.name for p in logs]}: move one of them first")
+    write_tar(root, out, logs)
+    return True
+
+
+def stitch_heatmaps(root):
+    """Each attribution/<folder>/ of heatmap PNGs -> attribution/<folder>.png, the heatmaps in
+    name order top to bottom (what the report shows, in one image); the names it wrote."""
+    from PIL import Image
+    done = []
+    for folder in sorted(p for p in (Path(root) / "attribution").glob("*") if p.is_dir()):
+        pngs, out = sorted(folder.glob("*.png")), folder.with_suffix(".png")
+        if not pngs or any(p.suffix != ".png" for p in folder.iterdir()):
+            continue  # not a folder of heatmaps only
+        if out.exists():
+            raise InputError(out, None, f"exists beside {folder.name}/: move one of them first")
+        images = [Image.open(p).convert("RGBA") for p in pngs]
+        sheet = Image.new("RGBA", (max(i.width for i in images), sum(i.height for i in images)), "white")
+        y = 0
+        for image in images:
+            sheet.paste(image, (0, y))
+            y += image.height
+        buf = io.BytesIO()
+        sheet.save(buf, format="PNG", optimize=True)
+        with atomic_open(out, "wb") as f:
+            f.write(buf.getvalue())
+        shutil.rmtree(folder)
+        done.append(out.relative_to(root).as_posix())
+    return done
 
 
 def pack(root):
@@ -134,7 +184,9 @@ def pack(root):
     if not root.is_dir():
         raise InputError(root, None, "not a folder")
     done = [PACKED] if pack_evals(root) else []
-    return done + [f"{name}.tar.gz" for name in ARCHIVED if archive(root, name)]
+    done += [f"{name}.tar.gz" for name in ARCHIVED if archive(root, name)]
+    done += ["logs.tar.gz"] if archive_logs(root) else []
+    return done + stitch_heatmaps(root)
 
 
 def cmd(args):
@@ -144,7 +196,7 @@ def cmd(args):
 
 
 def add_cli(sub):
-    p = sub.add_parser("pack-results", help="a run folder's evals/ as one evals.jsonl.gz, folds/ as folds.tar.gz",
+    p = sub.add_parser("pack-results", help="a run folder's evals/ as one evals.jsonl.gz, folds/ and logs as .tar.gz, heatmaps as one PNG each",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folders", nargs="+", metavar="FOLDER", help="run folder(s), e.g. results/<model>")
     p.set_defaults(func=cmd)
