@@ -14,6 +14,7 @@ def main(argv=None):
         mod.add_cli(sub)
     from askdraft import quality; quality.add_cli(sub)  # noqa: E702
     from askdraft import answerer; answerer.add_cli(sub)  # noqa: E702
+    from askdraft import pack; pack.add_cli(sub)  # noqa: E702
     return run(p.parse_args(argv))
 
 

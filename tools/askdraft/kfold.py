@@ -25,7 +25,7 @@ from pathlib import Path
 
 from askdraft import REPO_ROOT, data, git_commit, stats
 from askdraft.evaluate import eval_paths
-from askdraft.summary import provenance_data, summarize
+from askdraft.summary import load_eval_rows, provenance_data, summarize
 from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
 from askdraft.report import write_report
 
@@ -142,19 +142,18 @@ def pool(root, folds, model, out, selections):
     attribution shares, and summarize over all questions."""
     out = Path(out)
     per_fold = {f: fold_dir(root, f) / "results" / f"{model}-{selections[f]['chosen']}" for f in range(folds)}
+    loaded = {f: load_eval_rows(res.parent, res.name) for f, res in per_fold.items()}
     metas = {}
-    for f, res in per_fold.items():
-        for meta_path in sorted((res / "evals").glob("*.json")):
-            m = json.loads(meta_path.read_text(encoding="utf-8"))
-            metas.setdefault((m["stage"], m["task"]), {})[f] = m
+    for f, evals in loaded.items():
+        for key, (m, _) in evals.items():
+            metas.setdefault(key, {})[f] = m
     for (stage, task), by_fold in sorted(metas.items()):
         if len(by_fold) != folds:
             print(f"kfold: {stage}.{task} ran in {len(by_fold)} of {folds} folds; not pooled")
             continue
         rows = []
         for f in range(folds):
-            jsonl = eval_paths(per_fold[f].parent, per_fold[f].name, stage, task)[0]
-            rows += [{**r, "fold": f} for r in read_jsonl(jsonl, allow_extra=True)]
+            rows += [{**r, "fold": f} for r in loaded[f][stage, task][1]]
         if len({r["question"] for r in rows}) != len(rows):
             raise InputError(out, None, f"{stage}.{task}: a question is dev in two folds")
         first = by_fold[0]

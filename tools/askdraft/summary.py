@@ -9,32 +9,31 @@ import importlib.metadata
 import json
 from pathlib import Path
 
-from askdraft import REPO_ROOT, answerer, git_commit, quality, stats
+from askdraft import REPO_ROOT, answerer, git_commit, pack, quality, stats
 from askdraft.evaluate import (ABLATIONS, HEADLINE, NOCONCLUSION, ORACLE, PACKAGES, STAGE_DIFFS, STAGE_ORDER,
-                               eval_paths, now)
-from askdraft.io import InputError, read_jsonl, sha256_file, write_json
+                               now)
+from askdraft.io import InputError, sha256_file, write_json
 
-def rows_file(jsonl):
-    """An eval's per-question file, or its .gz beside it (committed results are compressed)."""
-    gz = jsonl.with_name(jsonl.name + ".gz")
-    return gz if not jsonl.is_file() and gz.is_file() else jsonl
+def load_eval_rows(results, model):
+    """{(stage, task): (meta, rows)} for every finished eval of `model`: its evals/ folder as a
+    run writes it, or the packed evals.jsonl.gz of a committed run (askdraft.pack), or both
+    (an eval in the folder replaces the packed one)."""
+    root = Path(results) / model
+    packed = pack.read_packed(root / pack.PACKED) if (root / pack.PACKED).is_file() else {}
+    return {**packed, **pack.folder_evals(root / "evals")}
 
 
-def load_evals(results, model):
-    """{(stage, task): (meta, {question: correct})} for every finished eval of `model`."""
+def load_evals(results, model, eval_rows=None):
+    """{(stage, task): (meta, {question: correct})} for every finished eval of `model` (or of
+    load_eval_rows' `eval_rows`), its meta with the answer shares of its rows."""
     evals = {}
-    for meta_path in sorted((Path(results) / model / "evals").glob("*.json")):
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise InputError(meta_path, e.lineno, f"malformed JSON ({e.msg})") from None
-        jsonl = rows_file(eval_paths(results, model, meta["stage"], meta["task"])[0])
-        rows = read_jsonl(jsonl, required=("question", "correct"), allow_extra=True)
+    for key, (meta, rows) in (eval_rows or load_eval_rows(results, model)).items():
+        meta = dict(meta)
         if rows and all("pred" in r for r in rows):  # the answer share, beside the accuracy everywhere
             meta["answers"] = stats.answer_share(r["pred"] for r in rows)
         if rows and all("answer" in r for r in rows):
             meta["gold_yes_share"] = sum(r["answer"] == "yes" for r in rows) / len(rows)
-        evals[meta["stage"], meta["task"]] = (meta, {r["question"]: r["correct"] for r in rows})
+        evals[key] = (meta, {r["question"]: r["correct"] for r in rows})
     return evals
 
 
@@ -152,7 +151,8 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
     """Build and write results/<model>/summary.json; returns it."""
     from askdraft.random_base import random_weights_note
     root = Path(results) / model_name
-    evals = load_evals(results, model_name)
+    eval_rows = load_eval_rows(results, model_name)
+    evals = load_evals(results, model_name, eval_rows)
     if not evals:
         raise InputError(root / "evals", None, "no evaluation results: run `askdraft evaluate` first")
     stages, stage_tasks = {}, {}
@@ -173,8 +173,7 @@ def summarize(model_name, results="results", ablation_stage=None, attribution_di
             if one in c and other in c:
                 abl[f"{one}_minus_{other}"] = paired(c[one], c[other])
         if "draft" in c:
-            draft_rows = rows_file(eval_paths(results, model_name, ablation_stage, ABLATIONS["draft"])[0])
-            abl["overrides"] = overrides(read_jsonl(draft_rows, required=("question", "correct"), allow_extra=True))
+            abl["overrides"] = overrides(eval_rows[ablation_stage, ABLATIONS["draft"]][1])
     for s1, s2 in STAGE_DIFFS:
         abl[f"{s1}_minus_{s2}"] = paired(stages[s1], stages[s2]) if s1 in stages and s2 in stages else None
     oracle = oracle_ladder(evals)
