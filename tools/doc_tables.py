@@ -87,7 +87,6 @@ def headline_table(results=RESULTS, run=HEADLINE_RUN):
     st, abl, orc = s["stages"], s["ablations"], s.get("oracle") or {}
     def acc(e):
         return f"{pct(e['accuracy'])} [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]"
-
     def answers(e):  # the "yes" share beside every accuracy; a constant predictor is flagged
         return "" if e.get("yes_share") is None else pct(e["yes_share"]) + (" **degenerate**" if e.get("degenerate") else "")
     rows = [f"From [`results/{run}/`](results/{run}/) ({s['kfold']['folds']} folds, n = {st['A']['n']}, "
@@ -107,8 +106,7 @@ def headline_table(results=RESULTS, run=HEADLINE_RUN):
     names = {"base": "base (zero-shot)", "A": "A: baseline SFT", "B": "B: draft distillation, own draft",
              "C": "C: DPO (chosen per fold), own draft", "SG": "SG: one self-guided round, own draft"}
     m = s.get("majority_baseline")
-    lines = ([(f"majority class (always \"{m['answer']}\")", pct(m["accuracy"]), "100.0 %" if m["answer"] == "yes" else "0.0 %")]
-             if m else [])
+    lines = [(f"majority class (always \"{m['answer']}\")", pct(m["accuracy"]), pct(float(m["answer"] == "yes")))] if m else []
     lines += [(names[k], acc(st[k]), answers(st[k])) for k in names if k in st]
     effects += [("", None)] * (len(lines) - len(effects))
     lines += [("", "", "")] * (len(effects) - len(lines))

@@ -38,6 +38,7 @@ import traceback
 from pathlib import Path
 
 from askdraft import gpu_cap
+from askdraft.command import stop_process_group
 from askdraft.stage_resources import StageMonitor, record_stage
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"  # --makefile; its folder is the cwd
@@ -179,12 +180,7 @@ def run_shell(line):
     try:
         return proc.wait()
     except BaseException:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process_group(proc, 10)
         raise
 
 

@@ -2,7 +2,9 @@
 (tools/build_dpo_pairs.py, tools/attention_tools.py): bad input prints its message (file and
 line) and exits 2. Imports nothing of the stages, so no stage module imports cli.py back."""
 import argparse
+import os
 import signal
+import subprocess
 import sys
 import threading
 
@@ -42,3 +44,14 @@ def standalone(add_arguments, prog, doc, argv=None):
     p = add_arguments(argparse.ArgumentParser(prog=prog, description=doc,
                                               formatter_class=argparse.RawDescriptionHelpFormatter))
     return run(p.parse_args(argv))
+
+
+def stop_process_group(proc, grace):
+    """SIGTERM the process group `proc` leads (started with start_new_session), SIGKILL it if it
+    has not ended after `grace` seconds; waits for `proc`."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

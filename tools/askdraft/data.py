@@ -303,9 +303,7 @@ def carve_val(train, frac, seed):
 def draft_form(data_dir):
     """MANIFEST.json's `draft_form` in `data_dir`; "tentative" without a manifest or the field."""
     manifest = Path(data_dir) / "MANIFEST.json"
-    if not manifest.is_file():
-        return "tentative"
-    _, doc = read_json_document(manifest)
+    doc = read_json_document(manifest)[1] if manifest.is_file() else {}
     form = doc.get("draft_form", "tentative") if isinstance(doc, dict) else None
     if form not in templates.DRAFT_FORMS:
         raise InputError(manifest, None, f"draft_form {form!r} is not one of {list(templates.DRAFT_FORMS)}")
@@ -376,8 +374,7 @@ def build(out_dir, source=None, n_train=2000, seed=1234, hub=True, teacher="deco
 
 def cmd(args):
     m = build(args.out, source=args.source, n_train=args.n_train, seed=args.seed, hub=not args.no_hub,
-              teacher=args.teacher, folds=args.folds, fold=args.fold, val_frac=args.val_frac,
-              draft_form=args.draft_form)
+              teacher=args.teacher, folds=args.folds, fold=args.fold, val_frac=args.val_frac, draft_form=args.draft_form)
     print(f"source: {m['source']} ({m['n_source']} rows, {m['exact_duplicates_merged']} exact duplicates merged); "
           f"teacher: {m['teacher']}; draft form: {m['draft_form']}" + (f"; fold {m['fold']} of {m['folds']}" if m["folds"] else ""))
     for name, s in m["splits"].items():

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from askdraft import REPO_ROOT, bench_inputs, git_commit
+from askdraft.command import stop_process_group
 from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
 from askdraft.recipe import compose, write
 
@@ -88,12 +89,7 @@ def run_group(cmd, env, out, timeout=None):
     try:
         return p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+        stop_process_group(p, 30)
         return "timeout"
     except BaseException:  # Ctrl-C: take the workers down with us
         os.killpg(p.pid, signal.SIGKILL)
