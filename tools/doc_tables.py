@@ -25,6 +25,7 @@ from pathlib import Path
 
 from askdraft.bench import pipeline_estimate
 from askdraft.bench_generation import DEV_QUESTIONS, DRAFT_QUESTIONS
+from askdraft.report import answers  # the "yes" share beside an accuracy, a constant predictor flagged
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results"
@@ -87,8 +88,6 @@ def headline_table(results=RESULTS, run=HEADLINE_RUN):
     st, abl, orc = s["stages"], s["ablations"], s.get("oracle") or {}
     def acc(e):
         return f"{pct(e['accuracy'])} [{100 * e['ci_low']:.1f}, {100 * e['ci_high']:.1f}]"
-    def answers(e):  # the "yes" share beside every accuracy; a constant predictor is flagged
-        return "" if e.get("yes_share") is None else pct(e["yes_share"]) + (" **degenerate**" if e.get("degenerate") else "")
     rows = [f"From [`results/{run}/`](results/{run}/) ({s['kfold']['folds']} folds, n = {st['A']['n']}, "
             f"commit `{s['commit'][:7]}`, {s['device']}).", "",
             "| stage | accuracy (95 % CI) | answers \"yes\" | effect | difference (95 % CI, McNemar p) |", "|---|---|---|---|---|"]

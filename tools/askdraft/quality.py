@@ -33,13 +33,17 @@ def draft_recall(store, question, draft, k=DEFAULT_K):
     return (store.recall(question, asked, k) if asked else 0.0), len(asked)
 
 
+def control_recall(store, question, k=DEFAULT_K):
+    """The two controls' recall@k: the question alone, and StrategyQA's gold decomposition."""
+    return {"question": store.recall(question, [question], k),
+            "gold_decomposition": store.recall(question, store.decomposition(question), k)}
+
+
 def score_question(store, question, draft, k=DEFAULT_K):
     """One question's row: recall@k for each query set, its gold-fact and sub-question counts."""
     r_draft, n_asked = draft_recall(store, question, draft, k)
     return {"question": question, "n_gold_facts": len(store.gold(question)), "n_subquestions": n_asked,
-            "recall": {"question": store.recall(question, [question], k),
-                       "gold_decomposition": store.recall(question, store.decomposition(question), k),
-                       "draft": r_draft}}
+            "recall": {**control_recall(store, question, k), "draft": r_draft}}
 
 
 def read_checked_drafts(path, store):
@@ -71,11 +75,11 @@ def compare(a, b):
             "sign_test_p": stats.mcnemar_exact(better, worse)}
 
 
-def summarize(per_question):
+def summarize(per_question, query_sets=QUERY_SETS, differences=DIFFERENCES):
     """{query set: mean with CI} and {"a - b": paired comparison} over the per-question rows."""
-    vectors = {s: [row["recall"][s] for row in per_question] for s in QUERY_SETS}
+    vectors = {s: [row["recall"][s] for row in per_question] for s in query_sets}
     return {"recall": {s: stats.mean_ci(v) for s, v in vectors.items()},
-            "differences": {f"{a} - {b}": compare(vectors[a], vectors[b]) for a, b in DIFFERENCES}}
+            "differences": {f"{a} - {b}": compare(vectors[a], vectors[b]) for a, b in differences}}
 
 
 def score_stages(stage_rows, store, k=DEFAULT_K):
@@ -89,19 +93,13 @@ def score_stages(stage_rows, store, k=DEFAULT_K):
         if set(drafts[s]) != set(questions):
             raise InputError(f"stage {s}", None, f"its drafts cover other questions than stage {stages[0]}'s "
                                                  f"({len(drafts[s])} vs {len(questions)}): nothing to pair")
-    per_question = []
-    for q in questions:
-        row = score_question(store, q, drafts[stages[0]][q], k)
-        row["recall"] = {"question": row["recall"]["question"],
-                         "gold_decomposition": row["recall"]["gold_decomposition"],
-                         **{s: draft_recall(store, q, drafts[s][q], k)[0] for s in stages}}
-        del row["n_subquestions"]
-        per_question.append(row)
-    vectors = {name: [r["recall"][name] for r in per_question] for name in ("question", "gold_decomposition", *stages)}
+    per_question = [{"question": q, "n_gold_facts": len(store.gold(q)),
+                     "recall": {**control_recall(store, q, k),
+                                **{s: draft_recall(store, q, drafts[s][q], k)[0] for s in stages}}}
+                    for q in questions]
     pairs = [(s, stages[0]) for s in stages[1:]] + [(s, "question") for s in stages] + [("gold_decomposition", "question")]
     return {"k": k, "n": len(per_question), "stages": stages, "store": store.describe(),
-            "recall": {name: stats.mean_ci(v) for name, v in vectors.items()},
-            "differences": {f"{a} - {b}": compare(vectors[a], vectors[b]) for a, b in pairs},
+            **summarize(per_question, ("question", "gold_decomposition", *stages), pairs),
             "per_question": per_question}
 
 

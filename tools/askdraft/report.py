@@ -76,12 +76,13 @@ def answers(e):
     return pct(e["yes_share"]) + (" **degenerate**" if e.get("degenerate") else "")
 
 
-def majority_row(s, width):
+def majority_row(s):
+    """The stages table's first row: always giving the majority answer (its accuracy, its "yes" share)."""
     m = s.get("majority_baseline")
     if not m:
         return []
     return [(f"majority class (always \"{m['answer']}\")", "", pct(m["accuracy"]), "", m["n"],
-             "100.0 %" if m["answer"] == "yes" else "0.0 %", "")[:width]]
+             pct(float(m["answer"] == "yes")), "")]
 
 
 def stages_md(s):
@@ -89,7 +90,7 @@ def stages_md(s):
     rows = [(st, f"`{tasks.get(st, '?')}`", pct(e["accuracy"]), ci(e), e["n"], answers(e),
              eval_source(s, f"{st}.{tasks.get(st)}")) for st, e in s["stages"].items()]
     md = table(("stage", "task", "accuracy", "95 % CI", "n", "answers \"yes\"", "source"),
-               majority_row(s, 7) + rows) if rows else NOT_RUN
+               majority_row(s) + rows) if rows else NOT_RUN
     md += (f"\n\nA row that gives one answer to {pct(DEGENERATE_SHARE)} of the questions or more is a constant "
            "predictor (**degenerate**): its accuracy is the share of that answer, not something learned.")
     diffs = [(k.replace("_minus_", " − "), s["ablations"].get(k)) for k in ("B_minus_A", "C_minus_A")]

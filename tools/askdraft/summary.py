@@ -70,10 +70,9 @@ def acc_entry(correct, meta=None):
 
 def majority_baseline(evals):
     """The majority-class answer on the evaluated questions and the accuracy it alone would get."""
-    shares = [m["gold_yes_share"] for m, c in evals.values() if "gold_yes_share" in m]
-    if not shares:
+    meta, correct = next(((m, c) for m, c in evals.values() if "gold_yes_share" in m), (None, None))
+    if meta is None:
         return None
-    meta, correct = next((m, c) for m, c in evals.values() if "gold_yes_share" in m)
     yes = meta["gold_yes_share"]
     return {"answer": "yes" if yes > 0.5 else "no", "accuracy": round(max(yes, 1 - yes), 4), "n": len(correct)}
 
