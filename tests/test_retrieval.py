@@ -1,6 +1,9 @@
 """The fact store (askdraft.retrieval): its BM25 against a hand computation, the round-robin
 merge, gold-fact lookup and what it says it holds."""
 import json
+import os
+import subprocess
+import sys
 import math
 import re
 
@@ -174,3 +177,16 @@ def test_draft_questions_parse_the_template():
     assert templates.draft_questions(draft) == ["Where is the Mona Lisa?", "Is #1 near food?"]
     assert templates.draft_questions("Tentative answer: no") == []
     assert templates.draft_questions("Q: What is it? A:\nnoise\n  Q:  Why? A: because") == ["What is it?", "Why?"]
+
+
+def test_bm25s_keeps_jax_off_the_gpu():
+    """bm25s runs a JAX top-k as it is imported; a JAX on a GPU would take 75 % of the card outside
+    the torch cap, so the store imports it with JAX on the CPU (unless the user chose otherwise)."""
+    code = ("import os; from askdraft import retrieval; retrieval.FactStore.build(); "
+            "print(os.environ['JAX_PLATFORMS'], os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'])")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["cpu", "false"]
+    env["JAX_PLATFORMS"] = "cuda"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[0] == "cuda"

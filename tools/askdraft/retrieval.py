@@ -20,6 +20,7 @@ in the store's vocabulary, and a fact that scores 0 for a query, contribute noth
     store.describe()                                   # what it holds: put it in every output
 """
 import hashlib
+import os
 from pathlib import Path
 
 from askdraft import REPO_ROOT
@@ -37,9 +38,20 @@ def relative(path):
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
+def import_bm25s():
+    """bm25s, with JAX (if installed) kept on the CPU: bm25s runs a JAX top-k as it is imported,
+    and JAX on a GPU takes 75 % of the card's memory at once, outside any torch cap (seen at 105
+    GiB of an H200 in an eval process). The store ranks with numpy either way."""
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    import bm25s
+
+    return bm25s
+
+
 def tokenize(texts):
     """bm25s's tokenizer as the store uses it: [[word]] per text (stopwords removed)."""
-    import bm25s
+    bm25s = import_bm25s()
 
     return bm25s.tokenize(list(texts), lower=True, stopwords=STOPWORDS, return_ids=False, show_progress=False)
 
@@ -71,7 +83,7 @@ class FactStore:
     """Facts, their BM25 index, and each held question's gold facts and decomposition."""
 
     def __init__(self, table, source, questions_label="all"):
-        import bm25s
+        bm25s = import_bm25s()
 
         self.table = table  # {normalised question: decomposition row}
         self.source = relative(source)
@@ -145,7 +157,8 @@ class FactStore:
         live = [i for i, t in enumerate(tokens) if t]
         out = [[] for _ in queries]
         if live:
-            docs, scores = self.bm25.retrieve([tokens[i] for i in live], k=k, show_progress=False)
+            docs, scores = self.bm25.retrieve([tokens[i] for i in live], k=k, show_progress=False,
+                                               backend_selection="numpy")
             for row, i in enumerate(live):
                 out[i] = [int(d) for d, s in zip(docs[row], scores[row]) if s > 0]
         return out
