@@ -20,7 +20,6 @@ import datetime
 import json
 import statistics
 import time
-from pathlib import Path
 
 from askdraft import REPO_ROOT, git_commit, models, templates
 from askdraft.drafts import generate, generate_continuous, release_continuous
