@@ -106,11 +106,12 @@ SG_ROUNDS ?= 1
 # shape, drafts 24 and scoring 16 (results/performance.md, 7B drafts and eval scoring)
 ## DRAFT_BATCH: rows per generation batch (drafts)
 DRAFT_BATCH_gpu := 24
-DRAFT_BATCH_gpu-7b-fast := 24
 DRAFT_BATCH ?= $(or $(DRAFT_BATCH_$(PROFILE)),$(if $(filter 1,$(HAS_GPU)),256,16))
 ## EVAL_BATCH: rows per lm-eval scoring batch
 EVAL_BATCH_gpu := 16
-EVAL_BATCH_gpu-7b-fast := 16
+# gpu-7b-fast: the float32 head's log-probs are batch x length x 49152 x 4 bytes; at 16 rows of the
+# longest prompts (~1200 tokens) that is 3.7 GiB beside the 3.9 GiB model, over an 8 GB card
+EVAL_BATCH_gpu-7b-fast := 4
 EVAL_BATCH_gpu-fast := 256
 EVAL_BATCH ?= $(or $(EVAL_BATCH_$(PROFILE)),$(if $(filter 1,$(HAS_GPU)),64,8))
 ## LIMIT: train rows used (default: all; smoke: 64)
@@ -133,8 +134,16 @@ DRAFT_ENGINE ?= $(or $(DRAFT_ENGINE_$(PROFILE)),generate)
 ## DRAFT_CACHE_TOKENS: continuous: the KV cache in tokens (bounds its memory; empty: sized from free GPU memory)
 # gpu-fast: 512 drafts of up to 256 tokens at once (2.9 GiB for the 135M), so that folds side by side share the card
 DRAFT_CACHE_TOKENS_gpu-fast := 131072
+# gpu-7b-fast: a 4-bit 7B's decode step is bound by kernel launches (~45 ms at batch 8 or 32), so
+# continuous batching replays it as CUDA graphs, in a 4096-token cache (2 GiB at this shape)
+DRAFT_ENGINE_gpu-7b-fast := continuous
+DRAFT_BATCH_gpu-7b-fast := 256
+DRAFT_CACHE_TOKENS_gpu-7b-fast := 4096
+DRAFT_GRAPHS_gpu-7b-fast := 1
 DRAFT_CACHE_TOKENS ?= $(DRAFT_CACHE_TOKENS_$(PROFILE))
-DRAFT_GEN := $(DRAFT_LIMIT) $(NF4) --engine $(DRAFT_ENGINE) $(if $(DRAFT_CACHE_TOKENS),--cache-tokens $(DRAFT_CACHE_TOKENS),)
+## DRAFT_GRAPHS: 1 = continuous drafts replay their forward passes as CUDA graphs (a GPU)
+DRAFT_GRAPHS ?= $(DRAFT_GRAPHS_$(PROFILE))
+DRAFT_GEN := $(DRAFT_LIMIT) $(NF4) --engine $(DRAFT_ENGINE) $(if $(DRAFT_CACHE_TOKENS),--cache-tokens $(DRAFT_CACHE_TOKENS),)$(if $(filter 1,$(DRAFT_GRAPHS)), --cuda-graphs,)
 # smoke: no generative strategyqa_cot (128 new tokens a question would double its eval time)
 ## COT_TASK: the generative strategyqa_cot task in phase B's eval ("strategyqa_cot,"; empty skips it)
 COT_TASK ?= $(if $(filter smoke,$(PROFILE)),,strategyqa_cot,)

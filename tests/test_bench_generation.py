@@ -16,16 +16,22 @@ def test_prompts_are_real_questions_with_teacher_drafts():
 def test_tiny_llama_cpu(tiny_llama_dir, tmp_path, one_thread):
     out = tmp_path / "gen.json"
     assert cli.main(["bench", "generation", "--model", str(tiny_llama_dir), "--batch-sizes", "2,3", "--continuous", "4",
-                     "--cache-tokens", "128", "--new-tokens", "5", "--batches", "2", "--out", str(out)]) == 0
+                     "--cuda-graphs", "--identity-rows", "3", "--cache-tokens", "128", "--new-tokens", "5", "--batches", "2",
+                     "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["commit"] and report["schema"] == 1
-    assert [(r["engine"], r["batch_size"]) for r in report["rows"]] == [("generate", 2), ("generate", 3), ("continuous", 4)]
+    assert [(r["engine"], r["batch_size"]) for r in report["rows"]] == [
+        ("generate", 2), ("generate", 3), ("continuous", 4), ("continuous+graphs", 4)]
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     import doc_tables  # tools/doc_tables.py: results/performance.md's table from such a file
     table = doc_tables.generation_table(out).splitlines()
-    assert [line.split(" | ")[:2] for line in table[-3:]] == [["| generate", "2"], ["| generate", "3"],
-                                                               ["| continuous (128-token cache)", "4"]]
-    cont = report["rows"].pop()
+    assert [line.split(" | ")[:2] for line in table[-4:]] == [
+        ["| generate", "2"], ["| generate", "3"], ["| continuous (128-token cache)", "4"],
+        ["| continuous + CUDA graphs (128-token cache)", "4"]]
+    graphs, cont = report["rows"].pop(), report["rows"].pop()
+    # on a CPU transformers runs no CUDA graphs: the same greedy drafts as generate's, and as each other
+    assert cont["identical_share"] == graphs["identical_share"] == 1.0 and cont["identity_rows"] == 3
+    assert graphs["new_tokens_per_batch"] == cont["new_tokens_per_batch"]
     assert cont["new_tokens_per_batch"] == [4 * 5, 4 * 5]  # EOS off: every draft runs its 5 tokens
     assert cont["cache_tokens"] == 128 and cont["generate_peak_reserved_gib"] is None
     assert cont["new_tokens_per_s"] == round(20 / cont["generate_s_median"], 1)

@@ -205,18 +205,26 @@ def test_build_dpo_pairs_script_exit_codes(files, tmp_path):
 
 def test_continuous_batching_writes_generates_drafts(tiny_llama_dir, tmp_path, one_thread):
     """--engine continuous (transformers' generate_batch, paged KV cache, no stop strings): the
-    same greedy drafts as padded model.generate, and the engine is recorded in REPORT.json."""
+    same greedy drafts as padded model.generate, with or without --cuda-graphs (off on a CPU), and
+    REPORT.json records the engine and each split's generation speed."""
     data = tmp_path / "data"
     data.mkdir()
     write_jsonl(data / "strategyqa_dev.jsonl", split_rows(5, offset=200))
+    runs = {"generate": {}, "continuous": {"cache_tokens": 256},
+            "continuous-graphs": {"engine": "continuous", "cache_tokens": 256, "cuda_graphs": True}}
     files = {}
-    for engine in drafts.ENGINES:
-        drafts.run(tiny_llama_dir, engine, splits=["dev"], data=data, out_root=tmp_path / "drafts", batch_size=3,
-                   max_new_tokens=6, engine=engine, cache_tokens=256 if engine == "continuous" else None)
-        files[engine] = (tmp_path / "drafts" / engine / "dev.jsonl").read_text()
-        assert json.loads((tmp_path / "drafts" / engine / "REPORT.json").read_text())["generation"]["engine"] == engine
+    for name, settings in runs.items():
+        settings = {"engine": name, **settings}
+        drafts.run(tiny_llama_dir, name, splits=["dev"], data=data, out_root=tmp_path / "drafts", batch_size=3,
+                   max_new_tokens=6, **settings)
+        files[name] = (tmp_path / "drafts" / name / "dev.jsonl").read_text()
+        report = json.loads((tmp_path / "drafts" / name / "REPORT.json").read_text())
+        assert report["generation"]["engine"] == settings["engine"]
+        speed = report["splits"]["dev"]["speed"]
+        assert speed["generated"] == 5 and 5 <= speed["new_tokens"] <= 30 and speed["new_tokens_per_s"] > 0
     # 5 drafts in calls of 3 and 2: the second call reuses the first one's manager
-    assert files["continuous"] == files["generate"] and len(files["generate"].splitlines()) == 5
+    assert files["continuous"] == files["generate"] == files["continuous-graphs"]
+    assert len(files["generate"].splitlines()) == 5
 
     model, tok = drafts.load_model(tiny_llama_dir, device="cpu")
     counts = []

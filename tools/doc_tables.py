@@ -316,15 +316,17 @@ def generation_table(path=GENERATION, limit_gib=7.0):
     out = [f"**{doc['model']} ({doc['quant']}) on {doc['device']}** (commit {str(doc['commit'])[:7]}, {doc['date'][:10]}; "
            f"{doc['rows'][0]['new_tokens']} new tokens forced per draft, median of {doc['rows'][0]['timed_batches']} timed batches):",
            "", f"| engine | batch | s a batch | new tokens/s | drafts of {DRAFT_QUESTIONS} questions, s (estimate) "
-           "| peak reserved GiB, generating | scoring rows/s | peak reserved GiB, scoring |", "|---|---|---|---|---|---|---|---|"]
+           "| peak reserved GiB, generating | drafts equal to generate's | scoring rows/s | peak reserved GiB, scoring |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
-        engine = r.get("engine", "generate")
-        if engine == "continuous":
+        engine = r.get("engine", "generate").replace("+graphs", " + CUDA graphs")
+        if engine.startswith("continuous"):
             engine += f" ({r['cache_tokens']}-token cache)"
+        same = f"{r['identical_share']:.0%} of {r['identity_rows']}" if "identical_share" in r else "–"
         score = (f"{r['score_rows_per_s']:.0f} | {gib(r.get('score_peak_reserved_gib', r.get('peak_reserved_gib')))}"
                  if "score_rows_per_s" in r else "– | –")
         out.append(f"| {engine} | {r['batch_size']} | {r['generate_s_median']:.2f} | {r['new_tokens_per_s']:.0f} "
-                   f"| {r['drafts_s_estimate']:.0f} | {gib(r.get('generate_peak_reserved_gib'))} | {score} |")
+                   f"| {r['drafts_s_estimate']:.0f} | {gib(r.get('generate_peak_reserved_gib'))} | {same} | {score} |")
     fits = [r for r in doc["rows"] if (r.get("generate_peak_reserved_gib") or 0) <= limit_gib]
     if not fits or not BENCH.is_file():
         return "\n".join(out)

@@ -10,7 +10,9 @@ by default the data's MANIFEST.json `draft_form`) a draft that states no tentati
 what the student was taught: tentative "none", counted as no_conclusion, never as unparsed.
 --engine continuous generates through transformers' continuous batching instead (a paged KV
 cache of --cache-tokens tokens, no padding): the same greedy drafts, cut at the stop string
-after generation.
+after generation; --cuda-graphs replays its forward passes as CUDA graphs (a GPU only), for a
+model whose decode step is bound by kernel launches (a 4-bit 7B). REPORT.json records each
+split's generation seconds and new tokens.
 
 Resumable: each finished batch is appended (and flushed) to <split>.jsonl.partial; a restart
 keeps those rows and generates only the rest; the final file is renamed into place at the end,
@@ -21,6 +23,7 @@ skips. Two writers would each generate the rest with both processes' threads fig
 cores, and the second to finish would find its .partial already removed.
 """
 import os
+import time
 from pathlib import Path
 
 from askdraft import models, templates
@@ -40,13 +43,14 @@ def load_model(base, adapter=None, device=None, load_in_4bit=False):
 
 
 def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.0, engine="generate",
-             cache_tokens=None, **generate_kwargs):
+             cache_tokens=None, cuda_graphs=False, token_counts=None, **generate_kwargs):
     """Drafts for a batch of questions (the text before "\\nFinal answer:", stripped).
     engine "generate": model.generate on the left-padded batch; "continuous": generate_continuous.
-    generate_kwargs go to the generation config (the speed bench sets min_new_tokens)."""
+    generate_kwargs go to the generation config (the speed bench sets min_new_tokens).
+    token_counts: a list that gets each draft's count of new tokens (up to its EOS or stop)."""
     if engine == "continuous":
         return generate_continuous(model, tok, questions, max_new_tokens, temperature, top_p, cache_tokens,
-                                   **generate_kwargs)
+                                   token_counts, cuda_graphs, **generate_kwargs)
     if engine != "generate":
         raise InputError("--engine", None, f"unknown engine {engine!r}; choose from {ENGINES}")
     import torch
@@ -54,9 +58,12 @@ def generate(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.
     enc = tok([templates.draft_prompt(q) for q in questions], return_tensors="pt", padding=True)
     enc = enc.to(model.device)
     with torch.no_grad():
-        out = model.generate(**enc, **generation_settings(tok, max_new_tokens, temperature, top_p),
-                             stop_strings=[templates.DRAFT_STOP], tokenizer=tok, **generate_kwargs)
-    return cut_drafts(tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True))
+        out = model.generate(**enc, **{**generation_settings(tok, max_new_tokens, temperature, top_p), **generate_kwargs},
+                             stop_strings=[templates.DRAFT_STOP], tokenizer=tok)
+    new = out[:, enc["input_ids"].shape[1]:]
+    if token_counts is not None:  # a finished row is padded after its EOS or stop string
+        token_counts.extend((new != tok.pad_token_id).sum(1).tolist())
+    return cut_drafts(tok.batch_decode(new, skip_special_tokens=True))
 
 
 def generation_settings(tok, max_new_tokens, temperature, top_p):
@@ -79,22 +86,27 @@ MAX_BATCH_TOKENS = 1024  # tokens a forward of continuous batching (prefill chun
 
 
 def generate_continuous(model, tok, questions, max_new_tokens=96, temperature=0.0, top_p=1.0, cache_tokens=None,
-                        token_counts=None, **generate_kwargs):
+                        token_counts=None, cuda_graphs=False, **generate_kwargs):
     """Drafts through transformers' continuous batching (model.generate_batch): a paged KV cache
     (cache_tokens tokens; default: transformers sizes it from free GPU memory), requests scheduled as
     cache blocks free up, no padding. It has no stop strings: a draft runs to EOS or
     max_new_tokens and is cut at the stop string afterwards, so greedy drafts are generate's.
     The manager (its cache, and on a GPU its CUDA graphs, ~30 s to capture) stays on the model for
     the next call with the same settings: release_continuous(model) frees it.
-    token_counts: a list that gets each request's count of new tokens."""
+    token_counts: a list that gets each request's count of new tokens.
+    cuda_graphs: capture and replay the forward passes as CUDA graphs (transformers turns them on by
+    itself only for flash attention; sdpa needs a mask, padded to fixed shapes when captured). On a
+    CPU transformers turns them off with a warning: the same drafts."""
     from transformers import GenerationConfig
     from transformers.generation import ContinuousBatchingConfig
 
     config = GenerationConfig(**{**generation_settings(tok, max_new_tokens, temperature, top_p), **generate_kwargs})
-    cb = None
+    sizes = {}
     if cache_tokens:  # both sizes given: else transformers sizes the other from free memory (all of a CPU's RAM)
-        cb = ContinuousBatchingConfig(block_size=CACHE_BLOCK, num_blocks=-(-cache_tokens // CACHE_BLOCK),
-                                      max_batch_tokens=min(cache_tokens, MAX_BATCH_TOKENS))
+        sizes = dict(block_size=CACHE_BLOCK, num_blocks=-(-cache_tokens // CACHE_BLOCK),
+                     max_batch_tokens=min(cache_tokens, MAX_BATCH_TOKENS))
+    graphs = {"use_cuda_graph": True} if cuda_graphs and model.device.type == "cuda" else {}
+    cb = ContinuousBatchingConfig(**sizes, **graphs) if sizes or graphs else None
     prompts = [tok(templates.draft_prompt(q))["input_ids"] for q in questions]
     out = model.generate_batch(inputs=prompts, generation_config=config, continuous_batching_config=cb,
                                progress_bar=False, warmup=model.device.type == "cuda", persistent_manager=True)
@@ -152,14 +164,16 @@ def draft_split(split_file, out, model_fn, batch_size=16, limit=None, form="tent
     todo = [q for q in gold if q not in done]
     with atomic_open(partial) as f:  # rewrite what survived, without a torn tail
         f.writelines(dumps(done[q]) + "\n" for q in gold if q in done)
+    seconds, new_tokens = 0.0, []
     if todo:
         model, tok = model_fn()
+        start = time.perf_counter()
         with open(partial, "a", encoding="utf-8") as f:
             bar = tqdm(total=len(gold), initial=len(gold) - len(todo), desc=f"drafts {out.name}", unit="q")
             try:
                 for i in range(0, len(todo), batch_size):
                     batch = todo[i:i + batch_size]
-                    for q, d in zip(batch, generate(model, tok, batch, **gen)):
+                    for q, d in zip(batch, generate(model, tok, batch, token_counts=new_tokens, **gen)):
                         done[q] = draft_row(q, d, gold[q], form)
                         f.write(dumps(done[q]) + "\n")
                     f.flush()
@@ -168,10 +182,14 @@ def draft_split(split_file, out, model_fn, batch_size=16, limit=None, form="tent
             finally:
                 release_continuous(model)
             bar.close()
+        seconds = time.perf_counter() - start
     final = [done[q] for q in gold]
     write_jsonl(out, final)
     partial.unlink(missing_ok=True)
-    return {**counts(final), "skipped": False}
+    # this run's generation only (a resumed split's earlier rows are not in it)
+    speed = {"generated": len(new_tokens), "new_tokens": sum(new_tokens), "generate_s": round(seconds, 2),
+             "new_tokens_per_s": round(sum(new_tokens) / seconds, 1) if seconds else None}
+    return {**counts(final), "skipped": False, "speed": speed}
 
 
 def check_sizes(batch_size, limit):
@@ -229,7 +247,8 @@ def cmd(args):
     run(args.base, args.name, args.adapter, args.splits.split(","), args.data, args.out_root,
         args.batch_size, args.limit, args.device, args.load_in_4bit, args.seed, args.draft_form,
         max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature, top_p=args.top_p, engine=args.engine, cache_tokens=args.cache_tokens)
+        temperature=args.temperature, top_p=args.top_p, engine=args.engine, cache_tokens=args.cache_tokens,
+        cuda_graphs=args.cuda_graphs)
 
 
 def add_cli(sub):
@@ -249,6 +268,8 @@ def add_cli(sub):
                    help="generate: padded batches; continuous: transformers' continuous batching (paged KV cache)")
     p.add_argument("--cache-tokens", type=positive_int,
                    help="continuous: KV cache size in tokens (bounds memory; default: sized from free memory)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="continuous on a GPU: replay forward passes as CUDA graphs (a launch-bound decode, e.g. a 4-bit 7B)")
     p.add_argument("--limit", type=positive_int, help="first N questions of each split")
     p.add_argument("--draft-form", choices=templates.DRAFT_FORMS,
                    help="the form the model was taught (default: --data's MANIFEST.json draft_form)")

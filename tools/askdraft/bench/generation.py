@@ -14,7 +14,9 @@ A row's `drafts_s_estimate` is the measured median seconds a batch times the bat
 `askdraft drafts` needs for train + dev (2289 questions): an estimate from measured batches.
 --continuous adds rows of `askdraft drafts --engine continuous` (transformers' continuous batching
 with a paged KV cache of --cache-tokens tokens, which bounds its memory), EOS off for the same
-worst case.
+worst case; --cuda-graphs adds the same rows with the forward passes replayed as CUDA graphs. Each
+continuous row says which share of its first --identity-rows drafts equals `generate`'s greedy
+draft of the same question (bf16 sums in another order can flip a near-tie token).
 """
 import datetime
 import json
@@ -103,10 +105,12 @@ def bench(model, tok, batch_sizes, new_tokens, batches, progress=True):
     return rows
 
 
-def bench_continuous(model, tok, batch_sizes, new_tokens, batches, cache_tokens, progress=True):
+def bench_continuous(model, tok, batch_sizes, new_tokens, batches, cache_tokens, cuda_graphs=False,
+                     identity_rows=24, progress=True):
     """Rows of `askdraft drafts --engine continuous`: each batch of questions goes to
     model.generate_batch at once (a paged KV cache of cache_tokens tokens), no EOS, so every draft
-    runs new_tokens; tokens/s counts the tokens it returned."""
+    runs new_tokens; tokens/s counts the tokens it returned. identical_share: the first
+    identity_rows drafts of the first timed batch against `generate` on the same questions."""
     import torch
     from tqdm import tqdm
 
@@ -116,21 +120,29 @@ def bench_continuous(model, tok, batch_sizes, new_tokens, batches, cache_tokens,
     for bs in tqdm(batch_sizes, desc="continuous batching", disable=not progress):
         questions = [q for q, _ in prompts(bs * (batches + 1))]
         reset_peak(cuda)
-        gen_s, new = [], []
+        gen_s, new, texts = [], [], []
         for b in range(batches + 1):  # batch 0 warms up (captures CUDA graphs); the rest reuse its manager
             counts = []
-            s, _ = timed(lambda: generate_continuous(model, tok, questions[b * bs:(b + 1) * bs], max_new_tokens=new_tokens,
-                                                     cache_tokens=cache_tokens, token_counts=counts, eos_token_id=None), sync)
+            s, out = timed(lambda: generate_continuous(
+                model, tok, questions[b * bs:(b + 1) * bs], max_new_tokens=new_tokens, cache_tokens=cache_tokens,
+                token_counts=counts, cuda_graphs=cuda_graphs, eos_token_id=None), sync)
             gen_s.append(round(s, 4))
             new.append(sum(counts))
+            texts.append(out)
+        peak = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
         release_continuous(model)  # the next size gets a manager of its own
+        k = min(identity_rows, bs)
+        plain = [d for i in range(0, k, 24) for d in generate(
+            model, tok, questions[bs + i:bs + min(k, i + 24)], max_new_tokens=new_tokens, eos_token_id=None)]
         med = statistics.median(gen_s[1:])
         rows.append(dict(
-            engine="continuous", batch_size=bs, cache_tokens=cache_tokens, new_tokens=new_tokens, timed_batches=batches,
+            engine="continuous+graphs" if cuda_graphs else "continuous", batch_size=bs, cache_tokens=cache_tokens,
+            identity_rows=k, identical_share=round(sum(a == b for a, b in zip(texts[1], plain)) / k, 4),
+            new_tokens=new_tokens, timed_batches=batches,
             generate_s_per_batch=gen_s[1:], generate_s_median=med, new_tokens_per_batch=new[1:],
             new_tokens_per_s=round(statistics.median(new[1:]) / med, 1),
             drafts_s_estimate=drafts_estimate(med, bs),
-            generate_peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None))
+            generate_peak_reserved_gib=round(peak, 3) if cuda else None))
     return rows
 
 
@@ -144,6 +156,9 @@ def add_arguments(ap):
                     help="also `askdraft drafts --engine continuous` rows: comma-separated requests per call")
     ap.add_argument("--cache-tokens", type=positive_int, default=8192,
                     help="the continuous rows' KV cache in tokens (0.5 MiB a token at the 7B shape in bf16)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="also the continuous rows with CUDA graphs")
+    ap.add_argument("--identity-rows", type=positive_int, default=24,
+                    help="continuous rows: drafts compared with `generate`'s of the same questions")
     ap.add_argument("--out", required=True)
     return ap
 
@@ -156,9 +171,10 @@ def cmd(args):
     model, tok = models.load_model(args.model, load_in_4bit=args.load_in_4bit)
     tok.padding_side = "left"
     rows = bench(model, tok, sizes, args.new_tokens, args.batches)
-    if args.continuous:
-        rows += bench_continuous(model, tok, [int(x) for x in args.continuous.split(",")], args.new_tokens,
-                                 args.batches, args.cache_tokens)
+    for graphs in (False, True) if args.cuda_graphs else (False,):
+        if args.continuous:
+            rows += bench_continuous(model, tok, [int(x) for x in args.continuous.split(",")], args.new_tokens,
+                                     args.batches, args.cache_tokens, graphs, args.identity_rows)
     cfg = model.config
     write_json(args.out, dict(
         schema=1, kind="inference", command="askdraft bench generation",
