@@ -352,7 +352,7 @@ phase-c-multi: $(PAIRS) $(MERGED)/config.json ## phase C on NGPU GPUs of one nod
 	$(call MULTI,phase_c,$(MERGED),--set datasets.0.path=$(PAIRS) --set output_dir=$(DPO) $(foreach p,$(C_PROFILES),--profile $(p)),$(CV))
 	$(AXOLOTL) train runs/multi/phase_c$(CV).yaml --launcher accelerate -- --num_processes $(NGPU)
 
-# phases B and C on 1 GPU vs MGPU_IDS with DDP vs ZeRO-2 (askdraft multi-gpu; recipes/multi_gpu/README.md):
+# phases B and C on 1 GPU vs MGPU_IDS with DDP vs ZeRO-2 (askdraft bench multi-gpu; recipes/multi_gpu/README.md):
 # results/multi_gpu/<name>.json and .png. Phase C trains on teacher pairs (no phases A/B needed); the
 # 7B shape is Llama-2-7B's dimensions with random weights, QLoRA (NF4) as the recipes ship
 ## MGPU_IDS: GPU ids of multi-gpu-bench's multi-process modes (its 1gpu mode uses the first)
@@ -361,7 +361,7 @@ MGPU_IDS ?= 0,1
 MGPU_STEPS ?= 12
 ## MGPU_7B: phases of multi-gpu-bench on the random 7B shape ("c", "b c", or empty for none), 8 steps a mode
 MGPU_7B ?= c
-MGPU = $(ASKDRAFT) multi-gpu --gpus $(MGPU_IDS) --warmup 2
+MGPU = $(ASKDRAFT) bench multi-gpu --gpus $(MGPU_IDS) --warmup 2
 multi-gpu-bench: data/sft/REPORT.json ## phases B and C: 1 GPU vs DDP vs ZeRO-2 (needs the multi-gpu extra)
 	$(PY) -c 'import deepspeed' || { echo "multi-gpu-bench: install the multi-gpu extra (recipes/multi_gpu/README.md)" >&2; exit 2; }
 	-$(MGPU) --phase b --base $(BASE) --name $(BASE_NAME)-b --steps $(MGPU_STEPS) --profile gpu-fast --timeout 180
@@ -381,10 +381,10 @@ kfold: $(BASE)/config.json ## the k-fold study: the pipeline per fold side by si
 clean-runs: ## remove the composed recipes (runs/) and axolotl's prepared datasets
 	rm -rf runs .cache/axolotl_prepared
 
-## BENCH_ARGS: options of `python -m askdraft.bench` (e.g. --phases B --steps 20; --model DIR --profile gpu-fast)
+## BENCH_ARGS: options of `askdraft bench train` (e.g. --phases B --steps 20; --model DIR --profile gpu-fast)
 BENCH_ARGS ?= --ablate
 bench: data/sft/REPORT.json | $(SETUP) ## the recipes through axolotl train at the Llama-2-7B shape (random NF4): plain vs tuned vs each switch -> results/bench.json + .png
-	$(PY) -m askdraft.bench $(BENCH_ARGS)
+	$(ASKDRAFT) bench train $(BENCH_ARGS)
 	$(PY) tools/doc_tables.py --only results/performance.md --only README.md
 
 ## SPEED_GPUS: GPU ids of speed-study: two (multi-GPU, then plain and tuned side by side) or one (all in turn)
@@ -396,16 +396,16 @@ GEN_BATCHES ?= 8,16,24,32
 GEN_CONTINUOUS ?= 256
 speed-study: data/sft/REPORT.json | $(SETUP) ## every speed figure: multi-gpu-bench (two ids), bench plain vs tuned vs each switch, the 7B inference bench
 	mkdir -p runs; set -- $(subst $(comma), ,$(SPEED_GPUS)); \
-	gen() { CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench_generation --model runs/models/llama2-7b-shape --load-in-4bit \
+	gen() { CUDA_VISIBLE_DEVICES=$$1 $(ASKDRAFT) bench generation --model runs/models/llama2-7b-shape --load-in-4bit \
 	  --batch-sizes $(GEN_BATCHES) --continuous $(GEN_CONTINUOUS) --cache-tokens 4096 \
-	  --out results/bench_generation.json || echo "speed-study: bench_generation failed"; }; \
+	  --out results/bench_generation.json || echo "speed-study: bench generation failed"; }; \
 	if [ $$# -eq 1 ]; then \
-	  CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench --ablate > runs/bench.log 2>&1 || echo "speed-study: bench failed (runs/bench.log)"; \
+	  CUDA_VISIBLE_DEVICES=$$1 $(ASKDRAFT) bench train --ablate > runs/bench.log 2>&1 || echo "speed-study: bench failed (runs/bench.log)"; \
 	  gen $$1; \
 	else \
 	  $(MAKE) --no-print-directory multi-gpu-bench MGPU_IDS=$(SPEED_GPUS); \
-	  CUDA_VISIBLE_DEVICES=$$1 $(PY) -m askdraft.bench --configs plain > runs/bench_plain.log 2>&1 & plain=$$!; \
-	  CUDA_VISIBLE_DEVICES=$$2 $(PY) -m askdraft.bench --configs tuned --ablate > runs/bench_tuned.log 2>&1 & tuned=$$!; \
+	  CUDA_VISIBLE_DEVICES=$$1 $(ASKDRAFT) bench train --configs plain > runs/bench_plain.log 2>&1 & plain=$$!; \
+	  CUDA_VISIBLE_DEVICES=$$2 $(ASKDRAFT) bench train --configs tuned --ablate > runs/bench_tuned.log 2>&1 & tuned=$$!; \
 	  wait $$plain || echo "speed-study: bench --configs plain failed (runs/bench_plain.log)"; \
 	  gen $$1; \
 	  wait $$tuned || echo "speed-study: bench --configs tuned failed (runs/bench_tuned.log)"; \

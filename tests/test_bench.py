@@ -1,5 +1,5 @@
-"""The benchmark (tools/askdraft/bench.py): its accounting by hand, and phases B and C through
-the real `axolotl train` (a process a row) on a tiny Llama on CPU."""
+"""`askdraft bench train` (tools/askdraft/bench/train.py, train_stats.py): its accounting by hand,
+and phases B and C through the real `axolotl train` (a process a row) on a tiny Llama on CPU."""
 import json
 import math
 import shutil
@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from askdraft import bench
+from askdraft import cli
+from askdraft.bench import train, train_stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # doc_tables (tools/doc_tables.py)
 
@@ -20,10 +21,10 @@ ROW_FIELDS = {"phase", "config", "switches", "recipe", "model", "device", "commi
 
 def test_percentiles_by_hand():
     xs = [4.0, 1.0, 3.0, 2.0, 10.0]
-    assert bench.percentile(xs, 50) == 3.0
-    assert bench.percentile(xs, 90) == pytest.approx(4.0 + 0.6 * 6.0)   # rank 3.6 of 0..4
-    assert bench.percentile(xs, 0) == 1.0 and bench.percentile(xs, 100) == 10.0
-    assert bench.percentile([7.0], 90) == 7.0
+    assert train_stats.percentile(xs, 50) == 3.0
+    assert train_stats.percentile(xs, 90) == pytest.approx(4.0 + 0.6 * 6.0)   # rank 3.6 of 0..4
+    assert train_stats.percentile(xs, 0) == 1.0 and train_stats.percentile(xs, 100) == 10.0
+    assert train_stats.percentile([7.0], 90) == 7.0
 
 
 def test_step_stats_skip_warmup_and_count_two_ways():
@@ -31,7 +32,7 @@ def test_step_stats_skip_warmup_and_count_two_ways():
              {"s": 2.0, "useful": 100, "total": 200, "rows": 32, "loss": 4.0},
              {"s": 1.0, "useful": 60, "total": 80, "rows": 32, "loss": 3.0},
              {"s": 4.0, "useful": 200, "total": 200, "rows": 32}]
-    s = bench.step_stats(steps, warmup=1)
+    s = train_stats.step_stats(steps, warmup=1)
     assert s["timed_steps"] == 3 and s["warmup_steps"] == 1
     assert s["step_s"] == {"median": 2.0, "p90": pytest.approx(3.6), "min": 1.0, "max": 4.0}
     assert s["useful_tokens_per_s"] == 50.0                     # median of 50, 60, 50
@@ -39,51 +40,50 @@ def test_step_stats_skip_warmup_and_count_two_ways():
     assert s["padding_fraction"] == pytest.approx(1 - 360 / 480)
     assert s["final_loss"] == 3.0
     with pytest.raises(RuntimeError, match="no timed steps"):
-        bench.step_stats(steps[:1], warmup=1)
+        train_stats.step_stats(steps[:1], warmup=1)
 
 
 def test_flops_and_peaks():
     llama2 = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
               "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32000}
     n_base = 32 * (4 * 4096**2 + 3 * 4096 * 11008) + 32000 * 4096
-    assert bench.base_params(llama2) == n_base and n_base == pytest.approx(6.607e9, rel=1e-3)
+    assert train_stats.base_params(llama2) == n_base and n_base == pytest.approx(6.607e9, rel=1e-3)
     gqa = dict(llama2, num_key_value_heads=8)                   # k and v shrink 4x
-    assert bench.base_params(gqa) == n_base - 32 * 2 * 4096 * (4096 - 1024)
-    assert bench.flops_per_useful_token(100, 10, ref_forward=False) == 460
-    assert bench.flops_per_useful_token(100, 10, ref_forward=True) == 460 + 220
-    assert bench.peak_flops("NVIDIA H200") == 989e12 and bench.peak_flops("NVIDIA H100 PCIe") == 756e12
-    assert bench.peak_flops("cpu") is None
+    assert train_stats.base_params(gqa) == n_base - 32 * 2 * 4096 * (4096 - 1024)
+    assert train_stats.flops_per_useful_token(100, 10, ref_forward=False) == 460
+    assert train_stats.flops_per_useful_token(100, 10, ref_forward=True) == 460 + 220
+    assert train_stats.peak_flops("NVIDIA H200") == 989e12 and train_stats.peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert train_stats.peak_flops("cpu") is None
 
 
 def test_plan():
-    rows = bench.plan(["A", "B", "C"], ablate=True)
+    rows = train.plan(["A", "B", "C"], ablate=True)
     assert rows[:6] == [(p, c) for c in ("plain", "tuned") for p in "ABC"]
-    assert rows[6:12] == [("B", f"tuned-minus-{s}") for s in bench.ABLATIONS]
+    assert rows[6:12] == [("B", f"tuned-minus-{s}") for s in train.ABLATIONS]
     assert rows[12:] == [("B", "tuned-pack16"), ("C", "tuned-micro4"), ("C", "tuned-micro16")]
-    assert bench.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned"), ("C", "tuned-micro4"), ("C", "tuned-micro16")]
-    assert bench.plan(["C"], ablate=False) == [("C", "plain"), ("C", "tuned")]
-    assert bench.plan(["B"], ablate=True, configs=["plain"]) == [("B", "plain")]
+    assert train.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned"), ("C", "tuned-micro4"), ("C", "tuned-micro16")]
+    assert train.plan(["C"], ablate=False) == [("C", "plain"), ("C", "tuned")]
+    assert train.plan(["B"], ablate=True, configs=["plain"]) == [("B", "plain")]
     # one-switch rows by name, each on its own phase only
-    assert bench.plan(["B", "C"], ablate=False, configs=["tuned-micro8", "tuned-minus-liger", "tuned-compile"]) == [
+    assert train.plan(["B", "C"], ablate=False, configs=["tuned-micro8", "tuned-minus-liger", "tuned-compile"]) == [
         ("C", "tuned-micro8"), ("B", "tuned-minus-liger"), ("B", "tuned-compile")]
-    assert bench.plan(["C"], ablate=False, configs=["tuned-pack32"]) == []
+    assert train.plan(["C"], ablate=False, configs=["tuned-pack32"]) == []
     for bad in ("tuned-minus-warp", "tuned-microx", "fast", "tuned-compile2"):
         with pytest.raises(ValueError, match="unknown row"):
-            bench.plan(["B"], ablate=False, configs=[bad])
+            train.plan(["B"], ablate=False, configs=[bad])
 
 
 def test_unknown_row_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as e:
-        bench.main(["--phases", "B", "--configs", "tuned-minus-warp"])
-    assert e.value.code == 2 and "unknown row 'tuned-minus-warp'" in capsys.readouterr().err
+    assert cli.main(["bench", "train", "--phases", "B", "--configs", "tuned-minus-warp"]) == 2
+    assert "--configs: unknown row 'tuned-minus-warp'" in capsys.readouterr().err
 
 
 def test_c_micro_rows_keep_32_pairs_a_step(tmp_path):
     ctx = {"profiles": ["cpu"], "model": tmp_path, "warmup": 1, "steps_of": lambda c: 2, "work": tmp_path,
            "data": {"C": tmp_path / "pairs.jsonl"}, "mean_tokens": {"C": 130.0}, "cpu": False}
-    tuned = bench.row_config("C", "tuned", ctx)
-    for micro in bench.C_MICRO:
-        cfg = bench.row_config("C", f"tuned-micro{micro}", ctx)
+    tuned = train.row_config("C", "tuned", ctx)
+    for micro in train.C_MICRO:
+        cfg = train.row_config("C", f"tuned-micro{micro}", ctx)
         assert (cfg["micro_batch_size"], cfg["gradient_accumulation_steps"]) == (micro, 32 // micro)
         assert {k: v for k, v in cfg.items() if k not in ("micro_batch_size", "gradient_accumulation_steps", "output_dir")} \
             == {k: v for k, v in tuned.items() if k not in ("micro_batch_size", "gradient_accumulation_steps", "output_dir")}
@@ -93,12 +93,12 @@ def test_c_micro_rows_keep_32_pairs_a_step(tmp_path):
 def test_b_pack_and_compile_rows_change_only_their_switch(tmp_path):
     ctx = {"profiles": ["cpu"], "model": tmp_path, "warmup": 1, "steps_of": lambda c: 2, "work": tmp_path,
            "data": {"B": tmp_path / "b.jsonl"}, "mean_tokens": {"B": 111.0}, "cpu": False}
-    tuned = bench.row_config("B", "tuned", ctx)
-    pack = bench.row_config("B", "tuned-pack16", ctx)
+    tuned = train.row_config("B", "tuned", ctx)
+    pack = train.row_config("B", "tuned-pack16", ctx)
     # tuned: 32 rows of ~111 tokens in one pack, one micro-batch a step; pack16: two packs of 16
     assert (tuned["sequence_len"], tuned["micro_batch_size"], tuned["gradient_accumulation_steps"]) == (3584, 1, 1)
     assert (pack["sequence_len"], pack["micro_batch_size"], pack["gradient_accumulation_steps"]) == (1792, 1, 2)
-    compiled = bench.row_config("B", "tuned-compile", ctx)
+    compiled = train.row_config("B", "tuned-compile", ctx)
     assert compiled.pop("torch_compile") is True and "torch_compile" not in tuned
     drop = ("output_dir", "sequence_len", "gradient_accumulation_steps")
     assert {k: v for k, v in compiled.items() if k != "output_dir"} == {k: v for k, v in tuned.items() if k != "output_dir"}
@@ -108,7 +108,7 @@ def test_b_pack_and_compile_rows_change_only_their_switch(tmp_path):
 def test_a_row_raises_in_its_own_process(tmp_path):
     """The row process's exception comes back as the row's error; axolotl never ran here."""
     trained_here = "axolotl.train" in sys.modules
-    res = bench.train_row(tmp_path / "missing.yaml", threads=1)
+    res = train.train_row(tmp_path / "missing.yaml", threads=1)
     assert list(res) == ["error"] and res["error"].startswith("FileNotFoundError(")
     assert ("axolotl.train" in sys.modules) == trained_here
 
@@ -121,27 +121,27 @@ def test_a_dead_row_process_gives_its_last_stderr_line(tmp_path, monkeypatch, ca
                       "encountered\\n' >&2\nkill -9 $$\n")
     python.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(python))
-    res = bench.train_row(tmp_path / "any.yaml", threads=1)
+    res = train.train_row(tmp_path / "any.yaml", threads=1)
     assert res == {"error": "row process exited with -9, no row: CUDA error: an illegal memory access was encountered"}
     assert "step 1/4\rstep 2/4" in capfd.readouterr().err
 
 
 def test_packing_keeps_32_rows_a_step():
-    keys = bench.packing_keys("B", mean_tokens=70.3, rows_per_pack=16, base_len=128)
+    keys = train.packing_keys("B", mean_tokens=70.3, rows_per_pack=16, base_len=128)
     assert keys == {"sequence_len": 1152, "micro_batch_size": 1, "gradient_accumulation_steps": 2}
 
 
 def test_merge_replaces_same_key_and_refuses_v1(tmp_path):
     out = tmp_path / "bench.json"
     row = lambda c, run: {"device": "d", "model": {"name": "m"}, "phase": "B", "config": c, "run_id": run}  # noqa: E731
-    doc = bench.merge(out, "r1", {"x": 1}, [row("plain", "r1"), row("tuned", "r1")])
+    doc = train.merge(out, "r1", {"x": 1}, [row("plain", "r1"), row("tuned", "r1")])
     out.write_text(json.dumps(doc))
-    doc = bench.merge(out, "r2", {"x": 2}, [row("tuned", "r2")])
+    doc = train.merge(out, "r2", {"x": 2}, [row("tuned", "r2")])
     assert [(r["config"], r["run_id"]) for r in doc["rows"]] == [("plain", "r1"), ("tuned", "r2")]
     assert set(doc["runs"]) == {"r1", "r2"} and doc["schema"] == 2
     out.write_text(json.dumps([row("plain", "old")]))
     with pytest.raises(Exception, match="schema-2"):
-        bench.merge(out, "r3", {}, [])
+        train.merge(out, "r3", {}, [])
 
 
 @pytest.fixture(scope="module")
@@ -178,13 +178,14 @@ def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
     root, model = tiny_repo
     out = root / "bench.json"
     trained_here = "axolotl.train" in sys.modules
-    bench.main(["--phases", "B,C", "--steps", "3", "--warmup", "1", "--model", str(model),
-                "--repo", str(root / "repo"), "--work", str(root / "work"), "--out", str(out)])
+    assert cli.main(["bench", "train", "--phases", "B,C", "--steps", "3", "--warmup", "1", "--model", str(model),
+                     "--repo", str(root / "repo"), "--work", str(root / "work"), "--out", str(out)]) == 0
     assert ("axolotl.train" in sys.modules) == trained_here   # every row trained in a process of its own
     doc = json.loads(out.read_text())
     assert doc["schema"] == 2 and (root / "bench.png").is_file()
     run = doc["runs"][doc["rows"][0]["run_id"]]
     assert run["versions"]["axolotl"] and run["data"]["C"]["path"].endswith("pairs_teacher.jsonl")
+    assert run["command"] == "askdraft bench train" and run["options"]["steps"] == 3
     rows = {(r["phase"], r["config"]): r for r in doc["rows"]}
     assert set(rows) == {("B", "plain"), ("B", "tuned"), ("C", "plain"), ("C", "tuned")}
     for (phase, config), r in rows.items():
@@ -197,7 +198,7 @@ def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
         assert r["step_s"]["min"] <= r["step_s"]["median"] <= r["step_s"]["p90"] <= r["step_s"]["max"]
         assert r["mfu"] is None and r["device"] == "cpu"
         recipe = root / "work" / "recipes" / f"{phase}-{config}.yaml"
-        assert bench.hashlib.sha256(recipe.read_bytes()).hexdigest() == r["recipe"]["sha256"]
+        assert train.hashlib.sha256(recipe.read_bytes()).hexdigest() == r["recipe"]["sha256"]
         assert yaml.safe_load(recipe.read_text())["max_steps"] == 4
     b_plain, b_tuned = rows[("B", "plain")], rows[("B", "tuned")]
     assert b_plain["rows_per_step"] == 32 and b_plain["padding_fraction"] > 0
@@ -205,7 +206,7 @@ def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
     assert 20 <= b_tuned["rows_per_step"] <= 40                 # a pack of ~32 rows a step
     assert "precomputed" in rows[("C", "tuned")]["flop_basis"]
     assert "pipeline" not in run  # derived from the rows when read (pipeline_estimate), never stored
-    est = bench.pipeline_estimate(json.loads(out.read_text()), "cpu", "tiny")
+    est = train_stats.pipeline_estimate(json.loads(out.read_text()), "cpu", "tiny")
     assert est["tuned"]["stages"]["B"]["optimizer_steps"] == 2 * 3  # 64 rows / 32 x 3 epochs
     import doc_tables  # tools/doc_tables.py: results/performance.md's table from these rows
     table = doc_tables.performance_table(out)
@@ -213,16 +214,16 @@ def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
 
 
 @pytest.mark.slow
-def test_profile_train_times_a_real_run(tiny_repo, tmp_path):
-    """tools/profile_train.py on a bench recipe: axolotl train in process, every stage timed."""
+def test_bench_profile_times_a_real_run(tiny_repo, tmp_path):
+    """`askdraft bench profile` on a bench recipe: axolotl train in process, every stage timed."""
     import subprocess
     root, model = tiny_repo
     ctx = {"profiles": ["cpu"], "model": model, "warmup": 1, "steps_of": lambda c: 3, "work": tmp_path, "cpu": True,
            "data": {"B": root / "repo" / "data" / "sft" / "phase_b.jsonl"}}
     recipe = tmp_path / "b.yaml"
-    bench.write_recipe(bench.row_config("B", "plain", ctx), recipe)
+    train.write_recipe(train.row_config("B", "plain", ctx), recipe)
     out = tmp_path / "prof"
-    subprocess.run([sys.executable, str(bench.REPO_ROOT / "tools" / "profile_train.py"), str(recipe), "--out", str(out),
+    subprocess.run([sys.executable, "-m", "askdraft.cli", "bench", "profile", str(recipe), "--out", str(out),
                     "--steps", "1:2"], check=True, cwd=tmp_path)
     prof = json.loads((out / "profile.json").read_text())
     assert prof["optimizer_steps"] == 4 and prof["device"] == "cpu" and len(prof["step_s"]) == 4
@@ -233,7 +234,7 @@ def test_profile_train_times_a_real_run(tiny_repo, tmp_path):
 
 def test_profiles_compose(tmp_path):
     from askdraft.recipe import compose
-    cfg = compose(bench.REPO_ROOT / "recipes/phase_c.yaml", ["gpu-7b-fast", "dpo-7b-fast"])
+    cfg = compose(train.REPO_ROOT / "recipes/phase_c.yaml", ["gpu-7b-fast", "dpo-7b-fast"])
     assert "askdraft_dpo.AskDraftDPOPlugin" in cfg["plugins"] and not cfg["sample_packing"]
     assert cfg["precompute_ref_log_probs"] is True
     shutil.rmtree(tmp_path)
@@ -246,8 +247,8 @@ def test_pipeline_estimate_spans_runs():
                 "step_s": {"median": s}, "peak_reserved_gib": 5.0}
     doc = {"runs": {"r1": {"data": {"A": {"rows": 64}, "B": {"rows": 96}, "C": {"rows": 10}}}, "r2": {"data": {"C": {"rows": 65}}}},
            "rows": [row("A", "r1", 1.0), row("B", "r1", 2.0), row("C", "r2", 3.0), {**row("C", "r2", 9.0), "device": "other"}]}
-    est = bench.pipeline_estimate(doc, "gpu", "m")
-    epochs = {ph: yaml.safe_load((bench.REPO_ROOT / bench.RECIPES[ph]).read_text())["num_epochs"] for ph in "ABC"}
+    est = train_stats.pipeline_estimate(doc, "gpu", "m")
+    epochs = {ph: yaml.safe_load((train.REPO_ROOT / train_stats.RECIPES[ph]).read_text())["num_epochs"] for ph in "ABC"}
     steps = {"A": 2 * epochs["A"], "B": 3 * epochs["B"], "C": 3 * epochs["C"]}  # ceil(rows / 32) x epochs
     assert {ph: v["optimizer_steps"] for ph, v in est["tuned"]["stages"].items()} == steps
     assert est["tuned"]["training_s"] == pytest.approx(steps["A"] * 1.0 + steps["B"] * 2.0 + steps["C"] * 3.0)
@@ -264,10 +265,10 @@ def test_pipeline_estimate_fastest_within_the_memory_limit():
            "rows": [row("B", "plain", 3.0, 5.0), row("B", "tuned", 0.8, 5.2), row("B", "tuned-pack32", 0.4, 6.0),
                     row("C", "tuned", 5.0, 5.5), row("C", "tuned-micro8", 2.3, 6.8), row("C", "tuned-micro16", 1.6, 9.3),
                     {**row("C", "tuned-micro32", 0.1, 3.0), "error": "died"}]}
-    est = bench.pipeline_estimate(doc, "gpu", "m")
+    est = train_stats.pipeline_estimate(doc, "gpu", "m")
     assert {ph: v["config"] for ph, v in est["fastest"]["stages"].items()} == {"B": "tuned-pack32", "C": "tuned-micro8"}
     assert est["plain"]["stages"] == {"B": {"config": "plain", "optimizer_steps": 2 * 3, "s": 18.0}}
-    assert bench.pipeline_estimate(doc, "gpu", "m", limit_gib=10)["fastest"]["stages"]["C"]["config"] == "tuned-micro16"
+    assert train_stats.pipeline_estimate(doc, "gpu", "m", limit_gib=10)["fastest"]["stages"]["C"]["config"] == "tuned-micro16"
 
 
 def test_step_meter_counts_a_step():

@@ -1,12 +1,13 @@
-"""The inference bench (tools/askdraft/bench_generation.py) on a tiny Llama on CPU."""
+"""`askdraft bench generation` (tools/askdraft/bench/generation.py) on a tiny Llama on CPU."""
 import json
 import sys
 
-from askdraft import REPO_ROOT, bench_generation, drafts, templates
+from askdraft import REPO_ROOT, cli, drafts, templates
+from askdraft.bench import generation
 
 
 def test_prompts_are_real_questions_with_teacher_drafts():
-    rows = bench_generation.prompts(3)
+    rows = generation.prompts(3)
     for question, prompt in rows:
         assert prompt.startswith(templates.answer_prompt(question, "x").split("x")[0][:10])
         assert question in prompt and "Tentative answer:" in prompt and prompt.rstrip().endswith("Final answer:")
@@ -14,8 +15,9 @@ def test_prompts_are_real_questions_with_teacher_drafts():
 
 def test_tiny_llama_cpu(tiny_llama_dir, tmp_path, one_thread):
     out = tmp_path / "gen.json"
-    assert bench_generation.main(["--model", str(tiny_llama_dir), "--batch-sizes", "2,3", "--continuous", "4",
-                                  "--cuda-graphs", "--identity-rows", "3", "--cache-tokens", "128", "--new-tokens", "5", "--batches", "2", "--out", str(out)]) == 0
+    assert cli.main(["bench", "generation", "--model", str(tiny_llama_dir), "--batch-sizes", "2,3", "--continuous", "4",
+                     "--cuda-graphs", "--identity-rows", "3", "--cache-tokens", "128", "--new-tokens", "5", "--batches", "2",
+                     "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["commit"] and report["schema"] == 1
     assert [(r["engine"], r["batch_size"]) for r in report["rows"]] == [

@@ -192,7 +192,7 @@ def test_gpu_7b_fast_packs_a_and_b_only():
 
 def test_pack_rows_sizes_packs_from_the_data(tmp_path, smollm2_dir):
     """One pack of 32 rows a step: sequence_len from the rows' mean tokens (the model's tokenizer)."""
-    from askdraft.bench_inputs import mean_tokens
+    from askdraft.bench.inputs import mean_tokens
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(f'{{"segments": [{{"label": false, "text": "Question: is {n} odd?\\n"}}, '
                             f'{{"label": true, "text": "{"yes" if n % 2 else "no"}"}}]}}\n' for n in range(40)))

@@ -1,5 +1,5 @@
 """Several processes: phase C's per-batch statistics and metrics on N ranks equal one process's
-(real torch.distributed over gloo on the CPU), and the `askdraft multi-gpu` runner end to end."""
+(real torch.distributed over gloo on the CPU), and the `askdraft bench multi-gpu` runner end to end."""
 import json
 import os
 import subprocess
@@ -52,7 +52,7 @@ def test_runner_on_the_cpu_writes_the_json(tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in pairs))
     model = build_tiny_llama(tmp_path / "model", [r["prompt"] + r["chosen"] + r["rejected"] for r in pairs])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tools"), str(REPO / "plugins")])}
-    r = subprocess.run([sys.executable, "-m", "askdraft.cli", "multi-gpu", "--phase", "c", "--base", str(model),
+    r = subprocess.run([sys.executable, "-m", "askdraft.cli", "bench", "multi-gpu", "--phase", "c", "--base", str(model),
                         "--data", str(data), "--name", "cpu-c", "--modes", "1gpu", "--cpu", "--steps", "4",
                         "--warmup", "1", "--profile", "cpu", "--profile", "dpo-fast",
                         "--work", str(tmp_path / "work"), "--out", str(tmp_path / "res")],
@@ -72,7 +72,7 @@ def test_runner_on_the_cpu_writes_the_json(tmp_path):
 
 
 def test_mode_recipes_keep_the_batch_and_add_the_bench_plugin(tiny_llama_dir, tmp_path):
-    from askdraft import multi_gpu as mg
+    from askdraft.bench import multi_gpu as mg
 
     cfgs = {mode: mg.compose_recipe("c", mode, tiny_llama_dir, tmp_path / "p.jsonl", tmp_path / mode, tmp_path,
                                     ["gpu-fast", "dpo-fast"], 12, 1 if mode == "1gpu" else 2)
@@ -95,7 +95,7 @@ def test_mode_recipes_keep_the_batch_and_add_the_bench_plugin(tiny_llama_dir, tm
 
 
 def test_mode_env_gives_the_gpus_and_keeps_nccl(monkeypatch):
-    from askdraft import multi_gpu as mg
+    from askdraft.bench import multi_gpu as mg
 
     monkeypatch.setenv("NCCL_NVLS_ENABLE", "0")
     assert mg.mode_env("1gpu", ["2", "3"], False)["CUDA_VISIBLE_DEVICES"] == "2"
@@ -112,7 +112,7 @@ def _rank(rank, step_s, tokens, peak, losses):
 
 
 def test_summary_times_the_slowest_process_after_the_warmup():
-    from askdraft import multi_gpu as mg
+    from askdraft.bench import multi_gpu as mg
 
     ranks = [_rank(1, [9.0, 1.0, 2.0, 1.0], [10, 10, 10, 10], 3 * 2**30, [0.7, 0.6, 0.5, 0.4]),
              _rank(0, [9.0, 2.0, 1.0, 1.0], [20, 20, 20, 20], 2**30, [0.7, 0.6, 0.5, 0.4])]
@@ -144,10 +144,11 @@ def test_doc_table_from_a_result(tmp_path):
 
 def test_teacher_pairs_are_draft_pairs_that_fit(smollm2_dir):
     from conftest import strategyqa_split
-    from askdraft import bench_inputs, templates
+    from askdraft import templates
+    from askdraft.bench import inputs
     from askdraft.data import FILES
 
-    pairs = bench_inputs.teacher_pairs(strategyqa_split() / FILES["cot"], smollm2_dir)
+    pairs = inputs.teacher_pairs(strategyqa_split() / FILES["cot"], smollm2_dir)
     assert len(pairs) >= 8 * 16  # enough for 16 steps a mode
     for p in pairs[:50]:
         assert p["flipped"] and p["mode"] == "draft" and p["chosen"] == f" {p['gold']}"
@@ -155,7 +156,7 @@ def test_teacher_pairs_are_draft_pairs_that_fit(smollm2_dir):
 
 
 def test_a_mode_past_its_timeout_is_killed_with_its_children(tmp_path):
-    from askdraft import multi_gpu as mg
+    from askdraft.bench import multi_gpu as mg
 
     marker = tmp_path / "child.pid"
     script = f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); " \

@@ -7,7 +7,7 @@ written by hand):
   that scored it, commit, accuracies).
 - plugins/askdraft_dpo/README.md: the recipe keys of the plugin, from args.py's pydantic fields
   (type, default, description).
-- recipes/multi_gpu/README.md: one row per mode of each results/multi_gpu/*.json (`askdraft multi-gpu`).
+- recipes/multi_gpu/README.md: one row per mode of each results/multi_gpu/*.json (`askdraft bench multi-gpu`).
 
     python tools/doc_tables.py           # rewrite the tables
     python tools/doc_tables.py --check   # exit 1 if one is stale (tests/test_docs.py)
@@ -23,8 +23,8 @@ import sys
 import typing
 from pathlib import Path
 
-from askdraft.bench import pipeline_estimate
-from askdraft.bench_generation import DEV_QUESTIONS, DRAFT_QUESTIONS
+from askdraft.bench.train_stats import pipeline_estimate
+from askdraft.bench.generation import DEV_QUESTIONS, DRAFT_QUESTIONS
 from askdraft.report import answers  # the "yes" share beside an accuracy, a constant predictor flagged
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,7 +165,7 @@ def plugin_keys_table(path=PLUGIN_ARGS):
             + fields_table(args.ScheduleEntry))
 
 
-# ---------------------------------------------------------------- multi-GPU results (askdraft multi-gpu)
+# ---------------------------------------------------------------- multi-GPU results (askdraft bench multi-gpu)
 
 MULTI_GPU = RESULTS / "multi_gpu"
 MULTI_GPU_HEADER = ("| run | phase | mode | processes | device | median step (s) | useful tokens/s | scaling vs 1gpu "
@@ -178,7 +178,7 @@ def _num(x, fmt):
 
 
 def multi_gpu_table(results=MULTI_GPU):
-    """One row per mode of every results/multi_gpu/*.json that tools/askdraft/multi_gpu.py wrote."""
+    """One row per mode of every results/multi_gpu/*.json that tools/askdraft/bench/multi_gpu.py wrote."""
     runs = sorted(Path(results).glob("*.json")) if Path(results).is_dir() else []
     if not runs:
         return ("No runs yet: `make multi-gpu-bench` writes `results/multi_gpu/<name>.json`; "

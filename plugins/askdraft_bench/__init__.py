@@ -1,8 +1,8 @@
 """askdraft_bench: an axolotl plugin that measures a training run from the inside, per process,
-and StepMeter, the one step timer of the project (`askdraft.bench_train` and
-tools/profile_train.py use it too).
+and StepMeter, the one step timer of the project (`askdraft bench train` and `askdraft bench
+profile` use it too).
 
-In a recipe (tools/askdraft/multi_gpu.py adds it):
+In a recipe (`askdraft bench multi-gpu` adds it):
     plugins:
       - askdraft_bench.BenchPlugin
 
@@ -108,8 +108,8 @@ class StepMeter(TrainerCallback):
 
 def train_in_process(config_path, on_built, save=True):
     """`axolotl train CONFIG --launcher python` in this process (axolotl's do_cli), calling
-    on_built((trainer, model, tokenizer, ...)) once the trainer exists: how bench_train and
-    tools/profile_train.py put a StepMeter on the real trainer. save=False skips saving the model."""
+    on_built((trainer, model, tokenizer, ...)) once the trainer exists: how `askdraft bench
+    train` and `askdraft bench profile` put a StepMeter on the real trainer. save=False skips saving the model."""
     import sys
 
     import axolotl.cli.train

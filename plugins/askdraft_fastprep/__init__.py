@@ -3,7 +3,7 @@
 datasets 4.8.4's Dataset.save_to_disk starts a *spawn* process pool plus a manager process
 whenever num_proc >= 1, and axolotl 0.19 always passes num_proc >= 1 (at most
 dataset_num_proc). Each spawned process re-imports the training stack: on the H100 host that
-took 19-21 s per stage to write 2000 rows (`tools/profile_train.py`), against milliseconds in
+took 19-21 s per stage to write 2000 rows (`askdraft bench profile`), against milliseconds in
 process. With this plugin num_proc=1 means what it says: the write happens in this process.
 Larger num_proc values are passed through unchanged.
 

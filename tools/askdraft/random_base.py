@@ -9,7 +9,7 @@ CPU RAM (one tensor at a time on the GPU where there is one; the values then dif
 build of the same seed). axolotl's merge-lora merges one base shard at a time, in about 1.2 GB +
 1.5 x a shard of RAM (measured on CPU): ~4 GB for a 7B, against ~21 GB from one 13.5 GB shard.
 The init is LlamaForCausalLM's own: every linear and embedding weight normal(0, initializer_range),
-every RMSNorm weight 1, from one seeded generator. The tokenizer is the embedded SmolLM2 one (askdraft.bench_inputs), so rows tokenize to
+every RMSNorm weight 1, from one seeded generator. The tokenizer is the embedded SmolLM2 one (askdraft.bench.inputs), so rows tokenize to
 their real lengths; the vocabulary is its 49152, not Llama-2's 32000.
 """
 import json
@@ -25,7 +25,7 @@ TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_
 
 
 def shapes():
-    from askdraft.bench_inputs import LLAMA2_7B
+    from askdraft.bench.inputs import LLAMA2_7B
     return {"llama2-7b": LLAMA2_7B, "tiny": TINY}
 
 
@@ -125,7 +125,7 @@ def write_random_model(out_dir, shape_name, tokenizer_dir, seed=0, max_shard_byt
 
 def build(source, out_root, name=None):
     """`random:SHAPE` -> out_root/<name or SHAPE-random>/ (kept when already there)."""
-    from askdraft.bench_inputs import embedded_tokenizer_dir
+    from askdraft.bench.inputs import embedded_tokenizer_dir
 
     shape_name = source.split(":", 1)[1]
     dest = Path(out_root) / (name or f"{shape_name}-random")

@@ -95,7 +95,7 @@ def pack_keys(mean_tokens, rows_per_pack, base_len, rows_per_step):
 
 def packed(cfg, rows_per_pack):
     """cfg with pack_keys from its own data (the first dataset, tokenised by base_model's tokenizer)."""
-    from askdraft.bench_inputs import mean_tokens
+    from askdraft.bench.inputs import mean_tokens
     if not cfg.get("sample_packing"):
         raise InputError("--pack-rows", None, "the recipe does not set sample_packing: true (add --profile gpu-7b-fast)")
     data = Path(cfg["datasets"][0]["path"])

@@ -1,16 +1,13 @@
-"""tools/profile_train.py's StepTimer: the askdraft_bench StepMeter plus a torch.profiler window."""
-import sys
+"""`askdraft bench profile`'s StepTimer: the askdraft_bench StepMeter plus a torch.profiler window."""
 import types
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import profile_train  # noqa: E402  (tools/profile_train.py)
+from askdraft.bench.step_timer import StepTimer
 
 
 def test_step_timer_profiles_its_window(tmp_path):
-    timer = profile_train.StepTimer(1, 2, tmp_path / "ops.txt")
+    timer = StepTimer(1, 2, tmp_path / "ops.txt")
     x = torch.randn(64, 64)
     for step in range(3):  # global_step is the number of steps done when a step begins
         timer.on_step_begin(None, types.SimpleNamespace(global_step=step), None)

@@ -1,7 +1,8 @@
-"""Speed and memory of the two inference stages on any model dir: drafts (batched generation,
-`askdraft drafts`' own `generate`) and eval scoring (a forward pass over the answer prompts).
+"""`askdraft bench generation`: speed and memory of the two inference stages on any model dir:
+drafts (batched generation, `askdraft drafts`' own `generate`) and eval scoring (a forward pass
+over the answer prompts).
 
-    python -m askdraft.bench_generation --model DIR [--load-in-4bit] [--batch-sizes 8,16,24,32]
+    askdraft bench generation --model DIR [--load-in-4bit] [--batch-sizes 8,16,24,32]
         [--continuous 256,1024 --cache-tokens 8192] [--new-tokens 128] [--batches 3] --out FILE
 
 Prompts are StrategyQA's real questions (data/strategyqa/decompositions.jsonl); the scoring rows
@@ -17,12 +18,10 @@ worst case; --cuda-graphs adds the same rows with the forward passes replayed as
 continuous row says which share of its first --identity-rows drafts equals `generate`'s greedy
 draft of the same question (bf16 sums in another order can flip a near-tie token).
 """
-import argparse
 import datetime
 import json
 import statistics
 import time
-from pathlib import Path
 
 from askdraft import REPO_ROOT, git_commit, models, templates
 from askdraft.drafts import generate, generate_continuous, release_continuous
@@ -147,8 +146,7 @@ def bench_continuous(model, tok, batch_sizes, new_tokens, batches, cache_tokens,
     return rows
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap):
     ap.add_argument("--model", required=True, help="model dir (config.json + weights + tokenizer)")
     ap.add_argument("--load-in-4bit", action="store_true", help="NF4 base, as the 7B recipes train it")
     ap.add_argument("--batch-sizes", default="8,16,24,32", help="comma-separated generation/scoring batch sizes")
@@ -162,7 +160,10 @@ def main(argv=None):
     ap.add_argument("--identity-rows", type=positive_int, default=24,
                     help="continuous rows: drafts compared with `generate`'s of the same questions")
     ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def cmd(args):
     import torch
     import transformers
 
@@ -176,7 +177,8 @@ def main(argv=None):
                                      args.batches, args.cache_tokens, graphs, args.identity_rows)
     cfg = model.config
     write_json(args.out, dict(
-        schema=1, kind="inference", command=" ".join(["python -m askdraft.bench_generation", *(argv or [])]),
+        schema=1, kind="inference", command="askdraft bench generation",
+        options={k: v for k, v in vars(args).items() if k not in ("func", "cmd", "bench_cmd")},
         model=str(args.model), quant="nf4" if args.load_in_4bit else str(model.dtype),
         shape=dict(hidden=cfg.hidden_size, layers=cfg.num_hidden_layers, vocab=cfg.vocab_size),
         device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
@@ -188,7 +190,3 @@ def main(argv=None):
               f"drafts ~{r['drafts_s_estimate']} s, peak reserved {r['generate_peak_reserved_gib']} GiB generating"
               + (f"; scoring {r['score_rows_per_s']} rows/s, {r['score_peak_reserved_gib']} GiB" if "score_rows_per_s" in r else ""))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""`askdraft multi-gpu`: phase B or C on one GPU, on N GPUs with DDP, and on N GPUs with DeepSpeed
+"""`askdraft bench multi-gpu`: phase B or C on one GPU, on N GPUs with DDP, and on N GPUs with DeepSpeed
 ZeRO-2, each a real `axolotl train` of the phase's recipe; one JSON (+ PNG) comparing them.
 
 Every mode keeps the effective batch at 32 sequences: micro-batch 4, accumulation 8 / world
@@ -15,9 +15,9 @@ over the same steps / their time), peak reserved GPU memory of each process, the
 (tokens/s over 1gpu's) and the largest |loss - 1gpu loss| over the first --compare-steps steps.
 A mode that fails is recorded with its error and the log's tail; the others still run.
 
-    askdraft multi-gpu --phase c --base models/base/SmolLM2-135M-Instruct --pairs data/pairs.jsonl \\
+    askdraft bench multi-gpu --phase c --base models/base/SmolLM2-135M-Instruct --pairs data/pairs.jsonl \\
         --profile gpu-fast --profile dpo-fast --name smollm2-c
-    askdraft multi-gpu --random-model llama2-7b --base DIR ...   # DIR's tokenizer, random 7B weights
+    askdraft bench multi-gpu --random-model llama2-7b --base DIR ...   # DIR's tokenizer, random 7B weights
 """
 import datetime
 import hashlib
@@ -30,7 +30,8 @@ import sys
 import time
 from pathlib import Path
 
-from askdraft import REPO_ROOT, bench_inputs, git_commit
+from askdraft import REPO_ROOT, git_commit
+from askdraft.bench import inputs
 from askdraft.command import stop_process_group
 from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
 from askdraft.recipe import compose, write
@@ -40,7 +41,7 @@ ZERO2 = REPO_ROOT / "recipes" / "multi_gpu" / "zero2.json"
 BENCH_PLUGIN = "askdraft_bench.BenchPlugin"
 EFFECTIVE_BATCH, MICRO = 32, 4
 C_EPOCHS = 4  # phase_c.yaml's schedule
-SHAPES = {"llama2-7b": bench_inputs.LLAMA2_7B}
+SHAPES = {"llama2-7b": inputs.LLAMA2_7B}
 STEP_KEYS = ("loss", "grad_norm", "learning_rate", "askdraft/cal_shift", "askdraft/pairs_dropped",
              "askdraft/pairs_dropped_total", "askdraft/epoch", "askdraft/beta", "rewards/margins")
 
@@ -200,14 +201,14 @@ def run(phase, base, name, data=None, modes=MODES, gpus=("0", "1"), steps=16, wa
     work.mkdir(parents=True, exist_ok=True)
     t_model = time.time()
     if random_model:  # one model for every run of this shape (and make bench's)
-        base = bench_inputs.build_random_model(bench_inputs.RANDOM_7B_DIR, base, SHAPES[random_model])
+        base = inputs.build_random_model(inputs.RANDOM_7B_DIR, base, SHAPES[random_model])
     t_model = time.time() - t_model
 
     # the data subset: C, 8 x steps pairs (steps / 4 optimizer steps an epoch, 4 epochs); B, 32 x steps rows
     rows_needed = EFFECTIVE_BATCH * steps // (C_EPOCHS if phase == "c" else 1)
     if data is None and phase == "c":
         split = Path(split or REPO_ROOT / "data" / "strategyqa_train_cot.jsonl")
-        rows = bench_inputs.teacher_pairs(split, base)
+        rows = inputs.teacher_pairs(split, base)
         data_source = f"teacher pairs from {split}"
     else:
         data = Path(data or REPO_ROOT / "data" / "sft" / "phase_b.jsonl")
@@ -274,8 +275,7 @@ def cmd(a):
     return 1 if any("error" in m for m in r["modes"].values()) else 0
 
 
-def add_cli(sub):
-    p = sub.add_parser("multi-gpu", help="phase B or C on 1 GPU, N GPUs (DDP) and N GPUs (ZeRO-2): one JSON")
+def add_arguments(p):
     p.add_argument("--phase", required=True, choices=["b", "c"])
     p.add_argument("--base", required=True, help="model dir (with --random-model: the tokenizer's)")
     p.add_argument("--name", required=True, help="results/multi_gpu/NAME.json (and .png)")
@@ -296,4 +296,4 @@ def add_cli(sub):
     p.add_argument("--out", default="results/multi_gpu")
     p.add_argument("--cpu", action="store_true", help="run on the CPU (gloo): a check of the plumbing")
     p.add_argument("--timeout", type=float, help="seconds a mode may run")
-    p.set_defaults(func=cmd)
+    return p

@@ -1,6 +1,7 @@
-"""Speed and memory of the recipes themselves, through `axolotl train`: plain vs tuned, per phase.
+"""`askdraft bench train`: speed and memory of the recipes themselves, through `axolotl train`:
+plain vs tuned, per phase.
 
-    PYTHONPATH=tools python -m askdraft.bench [--phases A,B,C] [--ablate] [--steps 20] [--model DIR]
+    askdraft bench train [--phases A,B,C] [--ablate] [--steps 20] [--model DIR]
 
 plain = recipes/phase_{a,b,c}.yaml as they are, plus only what a bench needs (base_model, data
 paths, max_steps, no saving). tuned = the same recipe with recipes/profiles/gpu-7b-fast.yaml
@@ -11,29 +12,23 @@ a pack, and phase C tuned rows at micro 4 x 8 and 16 x 2; --configs names any su
 under runs/bench/ and hashed in its row.
 
 Default model: a random LlamaForCausalLM at the Llama-2-7B shape with the embedded SmolLM2
-tokenizer (vocab 49152: bench_inputs), loaded by the recipe's load_in_4bit NF4 path.
+tokenizer (vocab 49152: bench/inputs.py), loaded by the recipe's load_in_4bit NF4 path.
 --model DIR benches any model dir instead (e.g. the embedded 135M with --profile gpu-fast).
 
-Each row trains in a fresh Python process (python -m askdraft.bench_train; the model is built
+Each row trains in a fresh Python process (python -m askdraft.bench.train_row; the model is built
 once, here): axolotl's LoRA kernels (LlamaAttention.forward calls self.apply_qkv), Liger and the
 attention patches change transformers' classes process-wide, so in one process they leaked into
 later rows (rows without them failed, and their timings were not those of their own switches).
-Per row: --warmup untimed optimizer steps, then --steps timed ones (bench_train: GPU-synchronised,
+Per row: --warmup untimed optimizer steps, then --steps timed ones (train_row: GPU-synchronised,
 tokens counted from the batches). useful tokens = non-padding tokens trained (DPO: chosen and
-rejected rows). MFU = useful tokens/s x FLOPs per useful token / the card's dense bf16 peak, with
-per token 4*N_base + 6*N_lora (forward 2N; backward activation gradients 2N; only LoRA has weight
-gradients), + 2*(N_base + N_lora) when a reference forward runs each step (DPO without
-precomputed reference log-probs). N_base = decoder linears + lm_head; attention scores and the
-gradient-checkpointing recompute are not counted. Rows go to --out (schema 2:
+rejected rows); FLOPs and MFU as bench/train_stats.py counts them. Rows go to --out (schema 2:
 {"schema": 2, "runs": {run_id: versions...}, "rows": [...]}, merged by device/model/phase/config).
 """
-import argparse
 import codecs
 import datetime
 import fcntl
 import hashlib
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -44,16 +39,12 @@ from pathlib import Path
 import yaml
 
 from askdraft import REPO_ROOT, git_commit
+from askdraft.bench.train_stats import (MEM_LIMIT_GIB, RECIPES, ROWS_PER_STEP, base_params,
+                                       flops_per_useful_token, peak_flops, pipeline_estimate, plot,
+                                       print_summary, step_stats)
 from askdraft.io import InputError, write_json
 
 SCHEMA = 2
-MEM_LIMIT_GIB = 7.0
-ROWS_PER_STEP = 32  # the seed's effective batch: 32 sequences (A/B) / 32 pairs (C)
-# dense bf16 tensor-core peak (no sparsity), by device-name substring; first match wins
-PEAK_BF16 = [("H100 NVL", 835e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12),
-             ("GH200", 989e12), ("B200", 2250e12), ("A100", 312e12), ("L40S", 362e12),
-             ("L4", 121e12), ("A10G", 70e12), ("RTX 4090", 165e12)]
-RECIPES = {"A": "recipes/phase_a.yaml", "B": "recipes/phase_b.yaml", "C": "recipes/phase_c.yaml"}
 TUNED_PROFILES = {"A": ["gpu-7b-fast"], "B": ["gpu-7b-fast"], "C": ["gpu-7b-fast", "dpo-7b-fast"]}
 ROWS_PER_PACK = {"A": 32, "B": 32}   # tuned packs: one micro-batch holds this many rows (a whole step)
 LIGER_KEYS = ("liger_rms_norm", "liger_glu_activation", "liger_fused_linear_cross_entropy")
@@ -68,53 +59,6 @@ ABLATE_ROWS = ([f"tuned-minus-{s}" for s in ABLATIONS] + [f"tuned-pack{n}" for n
                + [f"tuned-micro{m}" for m in C_MICRO])
 ABLATION_OFF = {"liger": {k: False for k in LIGER_KEYS}, "lora_kernels": {k: False for k in KERNEL_KEYS},
                 "fused_adamw": {"optimizer": "adamw_torch"}, "sdpa": {"attn_implementation": "eager"}}
-
-
-# ---------------------------------------------------------------------------- accounting
-def percentile(xs, q):
-    """Linear interpolation between closest ranks (numpy's default)."""
-    xs = sorted(xs)
-    pos = (len(xs) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-
-def base_params(model_config):
-    """Matmul weights of a Llama-style decoder (q, k, v, o, gate, up, down per layer) + lm_head."""
-    c = model_config
-    h, inter, layers = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    head_dim = c.get("head_dim") or h // c["num_attention_heads"]
-    kv = c.get("num_key_value_heads") or c["num_attention_heads"]
-    per_layer = 2 * h * h + 2 * h * kv * head_dim + 3 * h * inter
-    return layers * per_layer + c["vocab_size"] * h
-
-
-def flops_per_useful_token(n_base, n_lora, ref_forward):
-    return 4 * n_base + 6 * n_lora + (2 * (n_base + n_lora) if ref_forward else 0)
-
-
-def peak_flops(device_name):
-    return next((v for k, v in PEAK_BF16 if k in device_name), None)
-
-
-def step_stats(steps, warmup):
-    """Timing and token figures of the timed steps (those after `warmup`)."""
-    timed = steps[warmup:]
-    if not timed:
-        raise RuntimeError(f"no timed steps: {len(steps)} ran, {warmup} are warm-up")
-    secs = [s["s"] for s in timed]
-    useful, total = sum(s["useful"] for s in timed), sum(s["total"] for s in timed)
-    losses = [s["loss"] for s in steps if "loss" in s]
-    return {"timed_steps": len(timed), "warmup_steps": warmup,
-            "step_s": {"median": statistics.median(secs), "p90": percentile(secs, 90),
-                       "min": min(secs), "max": max(secs)},
-            "step_s_each": secs,
-            "useful_tokens_each": [s["useful"] for s in timed],
-            "useful_tokens_per_s": statistics.median(s["useful"] / s["s"] for s in timed),
-            "useful_tokens_per_s_overall": useful / sum(secs),
-            "useful_tokens": useful, "total_tokens": total, "padding_fraction": 1 - useful / total,
-            "rows_per_step": statistics.mean(s["rows"] for s in timed),
-            "final_loss": losses[-1] if losses else None}
 
 
 # ---------------------------------------------------------------------------- recipes
@@ -140,7 +84,7 @@ def row_phase(config):
         rest = config.removeprefix(prefix)
         if config.startswith(prefix) and (rest in ABLATIONS if prefix == "tuned-minus-" else rest.isdigit()):
             return ROW_PHASE[prefix]
-    raise ValueError(f"bench: unknown row {config!r}: plain, tuned, " + ", ".join(f"{k}..." for k in ROW_PHASE))
+    raise ValueError(f"unknown row {config!r}: plain, tuned, " + ", ".join(f"{k}..." for k in ROW_PHASE))
 
 
 def packing_keys(phase, mean_tokens, rows_per_pack, base_len):
@@ -218,13 +162,21 @@ def write_recipe(cfg, path):
 
 
 # ---------------------------------------------------------------------------- rows
+def row_env():
+    """A row process's environment, where the caller's sets neither: expandable segments (fewer
+    fragmentation-reserved bytes) and one GPU, since with several visible axolotl's device_map
+    "auto" splits the 7B across them (seen on 2 x H200: "mat2 is on cuda:1"); pick another GPU
+    with CUDA_VISIBLE_DEVICES."""
+    return {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True", "CUDA_VISIBLE_DEVICES": "0", **os.environ}
+
+
 def train_row(path, threads):
-    """bench_train.run(path) in a fresh Python process; its stderr passes through. Returns its
+    """train_row.run(path) in a fresh Python process; its stderr passes through. Returns its
     result, or {"error": ...}: its exception, or if it died without one, its stderr's last line."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
-        cmd = [sys.executable, "-m", "askdraft.bench_train", str(path), str(out), "--threads", str(threads)]
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        cmd = [sys.executable, "-m", "askdraft.bench.train_row", str(path), str(out), "--threads", str(threads)]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, env=row_env())
         text, tail = codecs.getincrementaldecoder("utf-8")("replace"), ""
         for chunk in iter(lambda: proc.stderr.read1(1 << 16), b""):  # chunks, not lines: progress bars
             s = text.decode(chunk)
@@ -296,53 +248,6 @@ def merge(path, run_id, run_block, new_rows):
     return {"schema": SCHEMA, "runs": {k: v for k, v in runs.items() if k in used}, "rows": rows}
 
 
-def pipeline_estimate(doc, device, model_name, limit_gib=MEM_LIMIT_GIB):
-    """Seconds of each training stage = median step s x the recipe's optimizer steps (rows of the
-    data the row trained on / 32 x num_epochs), over every row of bench.json `doc` for this device
-    and model, whichever run made it: for plain, for tuned, and for the fastest row of each phase
-    within limit_gib ("fastest": any one-switch row too). Drafts and eval are not measured here."""
-    ok = [r for r in doc["rows"] if (r.get("device"), r["model"]["name"]) == (device, model_name) and "error" not in r]
-
-    def stage(r):
-        epochs = yaml.safe_load((REPO_ROOT / RECIPES[r["phase"]]).read_text(encoding="utf-8"))["num_epochs"]
-        steps = math.ceil(doc["runs"][r["run_id"]]["data"][r["phase"]]["rows"] / ROWS_PER_STEP) * epochs
-        return {"config": r["config"], "optimizer_steps": steps, "s": round(steps * r["step_s"]["median"], 1)}
-
-    picks = {config: {r["phase"]: r for r in ok if r["config"] == config} for config in ("plain", "tuned")}
-    fits = [r for r in ok if r["config"] != "plain" and r.get("peak_reserved_gib") is not None
-            and r["peak_reserved_gib"] <= limit_gib]
-    picks["fastest"] = {ph: min((r for r in fits if r["phase"] == ph), key=lambda r: r["step_s"]["median"])
-                        for ph in sorted({r["phase"] for r in fits})}
-    out = {}
-    for config, rows in picks.items():
-        if rows:
-            stages = {ph: stage(rows[ph]) for ph in sorted(rows)}
-            out[config] = {"stages": stages, "training_s": round(sum(s["s"] for s in stages.values()), 1)}
-    return {"estimate": "from measured median step times x the recipes' optimizer steps; "
-                        "model loading, drafts and eval not included", **out}
-
-
-def plot(rows, png):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    ok = [r for r in rows if "error" not in r]
-    if not ok:
-        return
-    labels = [f"{r['phase']} {r['config']}" for r in ok]
-    fig, (a, b) = plt.subplots(2, 1, figsize=(max(6, 0.7 * len(ok)), 7), sharex=True)
-    a.bar(labels, [r["useful_tokens_per_s"] for r in ok])
-    a.set_ylabel("useful tokens/s (median step)")
-    b.bar(labels, [r["peak_reserved_gib"] or 0 for r in ok], color="tab:orange")
-    b.axhline(MEM_LIMIT_GIB, color="k", ls="--", lw=1)
-    b.set_ylabel("peak reserved GiB")
-    b.tick_params(axis="x", rotation=60)
-    a.set_title(f"{ok[0]['model']['name']} on {ok[0]['device']}")
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------------------- main
 def versions():
     import importlib.metadata as md
@@ -362,8 +267,7 @@ def first_lines(path, n, out):
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(p):
     p.add_argument("--phases", default="A,B,C")
     p.add_argument("--configs", default="plain,tuned",
                    help="plain, tuned and one-switch rows such as tuned-minus-liger, tuned-pack32, tuned-micro8, "
@@ -378,20 +282,18 @@ def main(argv=None):
     p.add_argument("--repo", default=".", help="where data/ is")
     p.add_argument("--out", default="results/bench.json")
     p.add_argument("--png", default=None, help="default: --out with .png")
-    a = p.parse_args(argv)
+    return p
+
+
+def cmd(a):
     phases = [x.strip().upper() for x in a.phases.split(",") if x.strip()]
     try:
         todo = plan(phases, a.ablate, [c.strip() for c in a.configs.split(",") if c.strip()])
     except ValueError as e:
-        p.error(str(e))
-    if "torch" not in sys.modules:  # before CUDA initialises: fewer fragmentation-reserved bytes
-        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-        # one GPU: with several visible, axolotl's device_map "auto" splits the 7B across them
-        # (seen on 2 x H200: "mat2 is on cuda:1"); pick another with CUDA_VISIBLE_DEVICES
-        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")
+        raise InputError("--configs", None, str(e)) from None
     import torch
 
-    from askdraft import bench_inputs
+    from askdraft.bench import inputs
     work = Path(a.work).resolve()
     cpu = not torch.cuda.is_available()
     if a.model:
@@ -400,11 +302,11 @@ def main(argv=None):
             raise InputError(model / "config.json", None, "not a model dir")
         name = model.name
     else:
-        model = bench_inputs.build_random_model(bench_inputs.RANDOM_7B_DIR, bench_inputs.embedded_tokenizer_dir())
+        model = inputs.build_random_model(inputs.RANDOM_7B_DIR, inputs.embedded_tokenizer_dir())
         name = "llama2-7b-shape-random"
     model_cfg = json.loads((model / "config.json").read_text())
-    data = {ph: bench_inputs.phase_data(ph, a.repo, work, model) for ph in phases}
-    tokens = {ph: bench_inputs.row_tokens(data[ph], model, ph) for ph in phases}
+    data = {ph: inputs.phase_data(ph, a.repo, work, model) for ph in phases}
+    tokens = {ph: inputs.row_tokens(data[ph], model, ph) for ph in phases}
     source = dict(data)
     if "C" in phases:  # TRL scores every pair with the reference first: only those the row trains on
         data["C"] = first_lines(data["C"], ROWS_PER_STEP * (a.warmup + a.steps), work / "pairs_bench.jsonl")
@@ -418,7 +320,7 @@ def main(argv=None):
            "n_base": base_params(model_cfg), "device": torch.cuda.get_device_name(0) if not cpu else "cpu",
            "commit": git_commit(), "date": date, "run_id": date,
            "model_info": {"name": name, "dir": _rel(model), "vocab_size": model_cfg["vocab_size"],
-                          "shape": {k: model_cfg.get(k) for k in bench_inputs.LLAMA2_7B},
+                          "shape": {k: model_cfg.get(k) for k in inputs.LLAMA2_7B},
                           "n_base_matmul_params": base_params(model_cfg), "quant": quant,
                           "note": "random weights; tokenizer SmolLM2 (vocab 49152, not Llama-2's 32000)"
                           if not a.model else None}}
@@ -426,11 +328,12 @@ def main(argv=None):
     for phase, config in todo:
         print(f"bench: {phase} {config}", file=sys.stderr, flush=True)
         rows.append(measure(phase, config, ctx))
-    run_block = {"command": "python -m askdraft.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    run_block = {"command": "askdraft bench train",
+                 "options": {k: v for k, v in vars(a).items() if k not in ("func", "cmd", "bench_cmd")},
                  "versions": versions(), "device": ctx["device"], "model": name,
                  "data": {ph: {"path": _rel(source[ph]), "trained_from": _rel(data[ph]), "rows": len(tokens[ph]) // (2 if ph == "C" else 1),
                                "mean_tokens": round(ctx["mean_tokens"][ph], 1)} for ph in phases},
-                 "env": {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF")}}
+                 "env": {"PYTORCH_CUDA_ALLOC_CONF": row_env()["PYTORCH_CUDA_ALLOC_CONF"]}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     with open(f"{a.out}.lock", "w") as lock:  # another bench process (another GPU) may share --out
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -438,18 +341,6 @@ def main(argv=None):
         write_json(a.out, doc)
     png = a.png or str(Path(a.out).with_suffix(".png"))
     plot([r for r in doc["rows"] if r.get("device") == ctx["device"] and r["model"]["name"] == name], png)
-    for r in rows:
-        print(f"{r['phase']} {r['config']:>24}: " + (f"ERROR {r['error'][:120]}" if "error" in r else
-              f"{r['step_s']['median']:.3f} s/step, {r['useful_tokens_per_s']:.0f} useful tok/s, "
-              f"peak reserved {r['peak_reserved_gib'] or 0:.2f} GiB, pad {100 * r['padding_fraction']:.0f} %"))
-    est = pipeline_estimate(doc, ctx["device"], name)
-    for config in ("plain", "tuned", "fastest"):
-        if config in est:
-            print(f"training estimate, {config}: {est[config]['training_s'] / 60:.1f} min (" + ", ".join(
-                f"{ph} {v['s']:.0f} s at {v['config']}" for ph, v in est[config]["stages"].items()) + ")")
+    print_summary(rows, pipeline_estimate(doc, ctx["device"], name))
     print(f"-> {a.out}, {png}")
-    return doc
-
-
-if __name__ == "__main__":
-    main()
+    return 0

@@ -1,13 +1,13 @@
-"""One benchmark row: `axolotl train CONFIG` in this process (the code path of
-`axolotl train CONFIG --launcher python`, as tools/profile_train.py runs it), timed by the
+"""One row of `askdraft bench train`: `axolotl train CONFIG` in this process (the code path of
+`axolotl train CONFIG --launcher python`, as `askdraft bench profile` runs it), timed by the
 askdraft_bench plugin's StepMeter: every optimizer step GPU-synchronised, with the useful and total
 tokens of the micro-batches it trained on, read from the batches themselves. The trained model is
 not saved.
 
-    python -m askdraft.bench_train CONFIG OUT [--threads N]
+    python -m askdraft.bench.train_row CONFIG OUT [--threads N]
 
 writes run(CONFIG)'s result to OUT as JSON ({"error": repr} if it raised). One row a process
-(bench.py starts one per row): axolotl's LoRA kernels, Liger and attention patches change
+(bench/train.py starts one per row): axolotl's LoRA kernels, Liger and attention patches change
 transformers' classes for the rest of the process they ran in.
 """
 import argparse
