@@ -20,7 +20,7 @@ from askdraft import pipeline  # noqa: E402
 from askdraft.pipeline import STAGES, TASK_GROUPS  # noqa: E402
 
 MAKE_VARS = ("PY=python3", "PROFILE=cpu")  # PROFILE=cpu: phase B's eval includes strategyqa_cot
-DEFAULTS = {"<base>": "SmolLM2-135M-Instruct", "<model>": "SmolLM2-135M-Instruct"}
+DEFAULTS = {"<BASE_NAME>": "SmolLM2-135M-Instruct", "<MODEL_NAME>": "SmolLM2-135M-Instruct"}
 # phony targets that are not stages: they run stages (pipeline, kfold), tests, benchmarks, or a phase on several GPUs
 NOT_STAGES = {"help", "setup", "test", "test-fast", "fault-test", "pipeline", "kfold", "clean-runs", "bench",
               "multi-gpu-bench", "speed-study", "phase-b-multi", "phase-c-multi"}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from askdraft.bench import pipeline_estimate
 from askdraft.bench_generation import DEV_QUESTIONS, DRAFT_QUESTIONS
+from askdraft.pipeline import stage_table  # README.md's pipeline table, from the stage table
 from askdraft.report import answers  # the "yes" share beside an accuracy, a constant predictor flagged
 
 REPO = Path(__file__).resolve().parent.parent
@@ -345,7 +346,7 @@ def generation_table(path=GENERATION, limit_gib=7.0):
 
 
 PAGES = {"results/README.md": ("runs table", runs_table), "README.md": ("headline", headline_table),
-         "README.md#speed": ("speed table", readme_speed_table),
+         "README.md#speed": ("speed table", readme_speed_table), "README.md#pipeline": ("pipeline table", stage_table),
          "plugins/askdraft_dpo/README.md": ("recipe keys table", plugin_keys_table),
          "results/performance.md": ("performance table", performance_table),
          "results/performance.md#generation": ("generation table", generation_table),

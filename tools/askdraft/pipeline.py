@@ -5,8 +5,8 @@ make runs the stages (Makefile). This table is what the Python side reads: tools
 default stages, kfold's stage groups, evaluate's task sets, and README.md's pipeline table
 (tools/doc_tables.py). tests/test_pipeline_table.py checks it against the Makefile's rules, the
 Makefile's task lists and the lm-eval task files, so a stage or task added in one place and not
-the other fails there. Paths are those of the default run: <base> is BASE_NAME, <model> MODEL_NAME;
-a phase C variant (C_VARIANT=NAME) adds -NAME to pairs, phase C and what follows it.
+the other fails there. Paths are those of the default run, <BASE_NAME> and <MODEL_NAME> the make
+variables; a phase C variant (C_VARIANT=NAME) adds -NAME to pairs, phase C and what follows it.
 """
 import re
 from dataclasses import dataclass
@@ -67,20 +67,20 @@ PHASE_C = Command("axolotl train", "plugins/askdraft_dpo/README.md")
 ANSWER, DRAFT, JUDGE = (f"prompt_templates/{n}.jinja" for n in ("answer", "draft", "judge"))
 MERGED, DPO, B_DRAFTS, C_DRAFTS = ("models/cot_phaseB/merged/", "models/dpo_phaseC/", "data/drafts/cot_phaseB/",
                                    "data/drafts/dpo_phaseC/")
-EVALS = "results/<model>/evals/"
+EVALS = "results/<MODEL_NAME>/evals/"
 
 STAGES = (
     Stage("data", (askdraft("data"),), ("data/MANIFEST.json", "data/strategyqa_{train_baseline,train_cot,dev,val}.jsonl"),
           inputs=("data/strategyqa/",), templates=(DRAFT,)),
-    Stage("base", (askdraft("base-model"),), ("models/base/<base>/",)),
+    Stage("base", (askdraft("base-model"),), ("models/base/<BASE_NAME>/",)),
     Stage("sft", (askdraft("sft-data"),), ("data/sft/",), needs=("data", "base"), templates=(ANSWER, DRAFT),
-          inputs=("data/strategyqa_{train_baseline,train_cot}.jsonl", "models/base/<base>/")),
+          inputs=("data/strategyqa_{train_baseline,train_cot}.jsonl", "models/base/<BASE_NAME>/")),
     Stage("phase-a", (askdraft("recipe"), TRAIN), ("models/baseline_phaseA/",), needs=("sft",),
-          recipe="recipes/phase_a.yaml", templates=(ANSWER,), inputs=("data/sft/phase_a.jsonl", "models/base/<base>/")),
+          recipe="recipes/phase_a.yaml", templates=(ANSWER,), inputs=("data/sft/phase_a.jsonl", "models/base/<BASE_NAME>/")),
     Stage("phase-b", (askdraft("recipe"), TRAIN), ("models/cot_phaseB/",), needs=("phase-a",),
           recipe="recipes/phase_b.yaml", templates=(DRAFT,), inputs=("data/sft/phase_b.jsonl", "models/baseline_phaseA/")),
     Stage("merge-b", (askdraft("recipe"), MERGE), (MERGED,), needs=("phase-b",), recipe="recipes/phase_b.yaml",
-          inputs=("models/cot_phaseB/", "models/base/<base>/")),
+          inputs=("models/cot_phaseB/", "models/base/<BASE_NAME>/")),
     Stage("drafts", (askdraft("drafts"),), (B_DRAFTS,), needs=("merge-b",), templates=(DRAFT,),
           inputs=(MERGED, "data/strategyqa_{train_cot,dev}.jsonl")),
     Stage("drafts-sampled", (askdraft("drafts"),), ("data/drafts/cot_phaseB_sampled_s{2,3}/",), needs=("merge-b",),
@@ -89,20 +89,20 @@ STAGES = (
           templates=(ANSWER, DRAFT), inputs=(f"{B_DRAFTS}train.jsonl", "data/strategyqa_train_cot.jsonl", MERGED)),
     Stage("phase-c", (askdraft("recipe"), PHASE_C), (DPO,), needs=("pairs", "merge-b"), recipe="recipes/phase_c.yaml",
           templates=(ANSWER, DRAFT), inputs=("data/pairs.jsonl", MERGED)),
-    Stage("val-c", (askdraft("drafts"), askdraft("evaluate")), ("data/drafts/dpo_phaseC_val/", "results/val/<model>/evals/"),
+    Stage("val-c", (askdraft("drafts"), askdraft("evaluate")), ("data/drafts/dpo_phaseC_val/", "results/val/<MODEL_NAME>/evals/"),
           needs=("phase-c",), templates=(DRAFT, ANSWER), eval_tasks=tasks("strategyqa_draft", "strategyqa_nodraft"),
           inputs=(DPO, MERGED, "data/strategyqa_val.jsonl")),
     Stage("drafts-c", (askdraft("drafts"),), (C_DRAFTS,), needs=("phase-c",), templates=(DRAFT,),
           inputs=(DPO, MERGED, "data/strategyqa_dev.jsonl")),
     Stage("eval", (askdraft("evaluate"),), (EVALS,), needs=("drafts-c",), templates=(ANSWER, DRAFT),
           eval_tasks=("strategyqa", "strategyqa_cot", *TASK_GROUPS),
-          inputs=("models/base/<base>/", "models/baseline_phaseA/", "models/cot_phaseB/", MERGED, DPO,
+          inputs=("models/base/<BASE_NAME>/", "models/baseline_phaseA/", "models/cot_phaseB/", MERGED, DPO,
                   f"{B_DRAFTS}dev.jsonl", f"{C_DRAFTS}dev.jsonl", "data/strategyqa_dev.jsonl", "data/strategyqa/")),
-    Stage("attribution", (script("tools/attention_tools.py"),), ("results/<model>/attribution/",), needs=("drafts-c",),
+    Stage("attribution", (script("tools/attention_tools.py"),), ("results/<MODEL_NAME>/attribution/",), needs=("drafts-c",),
           templates=(ANSWER,), inputs=(MERGED, DPO, f"{B_DRAFTS}dev.jsonl", f"{C_DRAFTS}dev.jsonl")),
-    Stage("judge", (askdraft("judge"),), ("results/<model>/judge.json",), needs=("drafts-c",), templates=(JUDGE,),
+    Stage("judge", (askdraft("judge"),), ("results/<MODEL_NAME>/judge.json",), needs=("drafts-c",), templates=(JUDGE,),
           inputs=(f"{B_DRAFTS}dev.jsonl", f"{C_DRAFTS}dev.jsonl")),
-    Stage("quality", (askdraft("question-quality", "quality"),), ("results/<model>/question_quality.json",),
+    Stage("quality", (askdraft("question-quality", "quality"),), ("results/<MODEL_NAME>/question_quality.json",),
           needs=("drafts-c",), inputs=(f"{B_DRAFTS}dev.jsonl", f"{C_DRAFTS}dev.jsonl", "data/strategyqa/")),
     Stage("sg", (script("tools/iterate_dpo.py"),), ("models/dpo_phaseC_sg/", "data/sg/"), needs=("phase-c",),
           recipe="recipes/phase_c.yaml", templates=(DRAFT, ANSWER), inputs=(MERGED, DPO, "data/strategyqa_train_cot.jsonl")),
@@ -110,9 +110,9 @@ STAGES = (
           templates=(DRAFT, ANSWER), inputs=("models/dpo_phaseC_sg/", "data/strategyqa_dev.jsonl"),
           eval_tasks=tasks("strategyqa_draft", "strategyqa_nodraft", "strategyqa_draft_noconclusion")),
     Stage("report", (askdraft("summarize", "summary"), askdraft("report")),
-          ("results/<model>/{summary.json,report.md}",), needs=("eval", "attribution", "judge", "quality"),
-          inputs=(EVALS, "results/<model>/attribution/", "results/<model>/judge.json",
-                  "results/<model>/question_quality.json")),
+          ("results/<MODEL_NAME>/{summary.json,report.md}",), needs=("eval", "attribution", "judge", "quality"),
+          inputs=(EVALS, "results/<MODEL_NAME>/attribution/", "results/<MODEL_NAME>/judge.json",
+                  "results/<MODEL_NAME>/question_quality.json")),
 )
 BY_NAME = {s.name: s for s in STAGES}
 
