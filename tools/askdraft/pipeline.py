@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent.parent
+from askdraft import REPO_ROOT
+
 TASK_DIR = "lm_eval_tasks/strategyqa"
 
 # lm-eval task groups (TASK_DIR/<group>.yaml lists the same tasks): a short name for each task
@@ -134,7 +135,7 @@ KFOLD_FINAL = names("drafts-c", "report")
 SIBLINGS = (names("eval", "quality"),)
 
 
-def help_texts(makefile=REPO / "Makefile"):
+def help_texts(makefile=REPO_ROOT / "Makefile"):
     """{target: its `## text`} from the Makefile's `target: ... ## text` lines (what `make help` lists)."""
     found = re.findall(r"^([a-z][a-zA-Z_-]*):.*?## (.*)$", Path(makefile).read_text(encoding="utf-8"), re.M)
     return dict(found)
