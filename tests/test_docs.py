@@ -67,6 +67,21 @@ README_COMMANDS = {
     "askdraft bench": "tests/test_bench_cli.py::test_bench_lists_its_subcommands_and_each_has_help",
     "askdraft question-quality": "tests/test_quality.py::test_question_quality_cli_end_to_end",
     "make pairs": "tests/test_quality.py::test_makefile_plans_quality_pairs",
+    # the commands column of the pipeline table (tools/askdraft/pipeline.py)
+    "askdraft data": "tests/test_data.py::test_embedded_bigbench_source (what askdraft data runs); "
+                     "tests/test_faults.py::test_stage_survives_a_kill (the command, killed and rerun)",
+    "askdraft base-model": "tests/conftest.py smollm2_dir (base_model.build('embedded'), what askdraft base-model runs)",
+    "askdraft sft-data": "tests/test_faults.py::test_stage_survives_a_kill (sft-data, killed and rerun)",
+    "axolotl train": "tests/test_phases_ab.py::test_phase_a_and_b_train_and_save; "
+                     "tests/test_phase_c_axolotl.py::test_phase_c_recipe_runs_the_schedule",
+    "askdraft evaluate": "tests/test_evaluate.py::test_evaluate_per_question_files_match_lm_eval_cli",
+    "python tools/attention_tools.py": "tests/test_attribution.py::test_cli_end_to_end",
+    "askdraft judge": "tests/test_judge.py::test_batch_outcomes_win_rate_and_cache",
+    "python tools/iterate_dpo.py": "tests/test_iterate_dpo.py::test_one_sg_round",
+    "askdraft summarize": "tests/test_faults.py::test_stage_survives_a_kill (its report stage); "
+                         "tests/test_evaluate.py::test_report_and_notebook_on_real_results",
+    "askdraft report": "tests/test_faults.py::test_stage_survives_a_kill (its report stage); "
+                         "tests/test_evaluate.py::test_report_and_notebook_on_real_results",
 }
 COMMAND = re.compile(r"^(make|axolotl|lm_eval|askdraft|python) ")
 

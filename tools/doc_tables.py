@@ -23,8 +23,9 @@ import sys
 import typing
 from pathlib import Path
 
-from askdraft.bench.train_stats import pipeline_estimate
 from askdraft.bench.generation import DEV_QUESTIONS, DRAFT_QUESTIONS
+from askdraft.bench.train_stats import pipeline_estimate
+from askdraft.pipeline import stage_table  # README.md's pipeline table, from the stage table
 from askdraft.report import answers  # the "yes" share beside an accuracy, a constant predictor flagged
 
 REPO = Path(__file__).resolve().parent.parent
@@ -320,8 +321,7 @@ def generation_table(path=GENERATION, limit_gib=7.0):
            "|---|---|---|---|---|---|---|---|---|"]
     for r in doc["rows"]:
         engine = r.get("engine", "generate").replace("+graphs", " + CUDA graphs")
-        if engine.startswith("continuous"):
-            engine += f" ({r['cache_tokens']}-token cache)"
+        engine += f" ({r['cache_tokens']}-token cache)" if engine.startswith("continuous") else ""
         same = f"{r['identical_share']:.0%} of {r['identity_rows']}" if "identical_share" in r else "–"
         score = (f"{r['score_rows_per_s']:.0f} | {gib(r.get('score_peak_reserved_gib', r.get('peak_reserved_gib')))}"
                  if "score_rows_per_s" in r else "– | –")
@@ -347,7 +347,7 @@ def generation_table(path=GENERATION, limit_gib=7.0):
 
 
 PAGES = {"results/README.md": ("runs table", runs_table), "README.md": ("headline", headline_table),
-         "README.md#speed": ("speed table", readme_speed_table),
+         "README.md#speed": ("speed table", readme_speed_table), "README.md#pipeline": ("pipeline table", stage_table),
          "plugins/askdraft_dpo/README.md": ("recipe keys table", plugin_keys_table),
          "results/performance.md": ("performance table", performance_table),
          "results/performance.md#generation": ("generation table", generation_table),

@@ -14,6 +14,7 @@ time (a second one, e.g. the rerun after a `make` killed alone, waits for the fi
 the stage that is running, with its children, and exits 143.
 
 usage: tools/run_stages.py [STAGE ...] [--isolate] [--jobs N] [--makefile PATH]
+  STAGE: make targets (default: the stage table's PIPELINE, tools/askdraft/pipeline.py)
   env: PROFILE, PY, MODEL_NAME and any other make variable to pass on (as for make)
   --isolate: run every line in its own process, exactly as `make STAGE` would
   --jobs N: the stale stages of a SIBLINGS group (independent of each other) run side by side, at
@@ -39,16 +40,14 @@ from pathlib import Path
 
 from askdraft import gpu_cap
 from askdraft.command import stop_process_group
+from askdraft.pipeline import PIPELINE, SIBLINGS
 from askdraft.stage_resources import StageMonitor, record_stage
 
 MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"  # --makefile; its folder is the cwd
-STAGES = "base sft phase-a phase-b merge-b drafts pairs phase-c drafts-c eval attribution judge quality report".split()
 # what the Makefile exports to every recipe line
 EXPORTS = {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONUNBUFFERED": "1"}
 SHELL_SYNTAX = set(";&|<>()")
-# stages that depend only on earlier stages, not on each other: --jobs N runs them side by side
-SIBLINGS = [("eval", "attribution", "judge", "quality")]
 
 
 def make(*args):
@@ -284,7 +283,7 @@ def run_siblings(stages, jobs, python, isolate):
 def main(argv=None):
     global MAKEFILE
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("stages", nargs="*", default=STAGES)
+    p.add_argument("stages", nargs="*", default=list(PIPELINE))
     p.add_argument("--isolate", action="store_true", help="a process per command line, as make does")
     p.add_argument("--jobs", type=int, default=1, help="this many stages of a SIBLINGS group at once")
     p.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # a --jobs child

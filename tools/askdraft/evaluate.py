@@ -22,17 +22,15 @@ import time
 from pathlib import Path
 
 from askdraft import REPO_ROOT, git_commit, models
+from askdraft.pipeline import TASK_GROUPS
 from askdraft.io import InputError, positive_int, read_jsonl, sha256_file, write_json, write_jsonl
 from askdraft.records import read_split
 
-ABLATIONS = {"draft": "strategyqa_draft", "nodraft": "strategyqa_nodraft",
-             "shuffled": "strategyqa_shuffleddraft"}
-NOCONCLUSION = "strategyqa_draft_noconclusion"  # own draft, tentative answer removed
-ORACLE = {"teacher_noconclusion": "strategyqa_teacher_noconclusion", "teacher_gold": "strategyqa_teacher_gold",
-          "teacher_flipped": "strategyqa_teacher_flipped", "teacher_shuffled": "strategyqa_teacher_shuffled",
-          "empty": "strategyqa_emptydraft"}
-ANSWERED = {"answered_draft": "strategyqa_answered_draft", "answered_question": "strategyqa_answered_question",
-            "answered_gold": "strategyqa_answered_gold"}  # sub-questions answered from the BM25 fact store
+# the task sets: the stage table's lm-eval groups
+ABLATIONS = {k: TASK_GROUPS["strategyqa_ablations"][k] for k in ("draft", "nodraft", "shuffled")}
+NOCONCLUSION = TASK_GROUPS["strategyqa_ablations"]["noconclusion"]  # own draft, tentative answer removed
+ORACLE = TASK_GROUPS["strategyqa_oracle"]
+ANSWERED = TASK_GROUPS["strategyqa_answered"]  # sub-questions answered from the BM25 fact store
 HEADLINE = ("strategyqa_draft", "strategyqa")  # a stage's accuracy: the first task it ran
 STAGE_ORDER = ("base", "A", "B", "C", "SG")
 STAGE_DIFFS = (("C", "A"), ("B", "A"))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from askdraft import REPO_ROOT, data, git_commit, stats
 from askdraft.evaluate import eval_paths
+from askdraft.pipeline import KFOLD_CANDIDATE, KFOLD_FINAL, KFOLD_PREP
 from askdraft.summary import load_eval_rows, provenance_data, summarize
 from askdraft.io import InputError, read_jsonl, write_json, write_jsonl
 from askdraft.report import write_report
@@ -35,9 +36,6 @@ CANDIDATES = {"seed": ("draft", "c-seed-lr"), "answer-rpo": ("answer", "c-answer
               # two drafts sampled from B per training question, the one whose sub-questions find more of
               # its gold facts chosen; compared per token with the NLL term on the chosen draft, as draft-rpo
               "quality": ("quality", "c-draft-rpo")}
-PREP = ["sft", "phase-a", "phase-b", "merge-b", "drafts"]
-CANDIDATE_STAGES = ["pairs", "phase-c", "val-c"]
-FINAL = ["drafts-c", "eval", "attribution", "judge", "quality", "sg", "sg-eval", "report"]
 
 
 def fold_dir(root, f):
@@ -108,10 +106,10 @@ def run_fold(root, f, candidates, base_env, model, final_stages):
     if done.is_file() and json.loads(done.read_text())["finished"]:
         return json.loads(done.read_text())
     t0 = time.time()
-    run_stages(d, PREP, {**base_env, "MODEL_NAME": model}, log)
+    run_stages(d, KFOLD_PREP, {**base_env, "MODEL_NAME": model}, log)
     def candidate(name):  # one that fails (e.g. no parseable draft for its pairs) is not chosen
         try:
-            run_stages(d, CANDIDATE_STAGES, candidate_env(base_env, model, name), d / f"kfold-{name}.log")
+            run_stages(d, KFOLD_CANDIDATE, candidate_env(base_env, model, name), d / f"kfold-{name}.log")
             return val_accuracy(d, model, name)
         except RuntimeError as e:
             return {"acc": None, "n": 0, "error": str(e)}
@@ -265,13 +263,13 @@ def run(folds=5, root="runs/kfold", results="results", name=None, profile=None, 
                 "ASKDRAFT_COMMIT": git_commit()}
     if profile:
         base_env["PROFILE"] = profile
-    unknown = [s for s in skip if s not in FINAL or s in ("drafts-c", "eval", "report")]
+    unknown = [s for s in skip if s not in KFOLD_FINAL or s in ("drafts-c", "eval", "report")]
     if unknown:
         raise InputError("--skip", None, f"cannot skip {unknown}; optional stages: "
-                                         f"{[s for s in FINAL if s not in ('drafts-c', 'eval', 'report')]}")
+                                         f"{[s for s in KFOLD_FINAL if s not in ('drafts-c', 'eval', 'report')]}")
     if jobs:
         base_env["KFOLD_JOBS"] = str(jobs)
-    final = [s for s in FINAL if (s != "judge" or judge_serve) and s not in skip]
+    final = [s for s in KFOLD_FINAL if (s != "judge" or judge_serve) and s not in skip]
     if judge_serve:
         base_env["JUDGE_SERVE"] = str(Path(judge_serve).resolve())
     for f in range(folds):
