@@ -185,7 +185,10 @@ def test_gpu_7b_fast_packs_a_and_b_only():
     assert ab and all("--profile gpu-7b-fast" in line and "--pack-rows 32" in line for line in ab)
     assert c and all("--profile gpu-7b-fast" in line and "--profile dpo-7b-fast" in line and "--pack-rows" not in line
                      for line in c)
-    assert "drafts --base models/cot_phaseB/merged --name cot_phaseB --out-root data/drafts --batch-size 24 " in out
+    drafts = next(line for line in out.splitlines() if " drafts --base models/cot_phaseB/merged --name cot_phaseB " in line)
+    # continuous batching replays its forward passes as CUDA graphs in a 2 GiB cache; eval scores 4 rows a batch
+    assert "--batch-size 256 " in drafts and "--load-in-4bit --engine continuous --cache-tokens 4096 --cuda-graphs" in drafts
+    assert all("--batch-size 4 " in line for line in out.splitlines() if " evaluate " in line)
     cfg = compose(REPO / "recipes/phase_c.yaml", ["gpu-7b-fast", "dpo-7b-fast"])
     assert (cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["sample_packing"]) == (8, 4, False)
 
