@@ -188,7 +188,8 @@ def test_gpu_7b_fast_packs_a_and_b_only():
     drafts = next(line for line in out.splitlines() if " drafts --base models/cot_phaseB/merged --name cot_phaseB " in line)
     # continuous batching replays its forward passes as CUDA graphs in a 2 GiB cache; eval scores 4 rows a batch
     assert "--batch-size 256 " in drafts and "--load-in-4bit --engine continuous --cache-tokens 4096 --cuda-graphs" in drafts
-    assert all("--batch-size 4 " in line for line in out.splitlines() if " evaluate " in line)
+    evals = [line for line in out.splitlines() if " evaluate " in line]
+    assert len(evals) == 4 and all("--batch-size 4 " in line for line in evals)
     cfg = compose(REPO / "recipes/phase_c.yaml", ["gpu-7b-fast", "dpo-7b-fast"])
     assert (cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["sample_packing"]) == (8, 4, False)
 
