@@ -28,6 +28,7 @@ def signals(i):
     both = (signal.SIGTERM, signal.SIGKILL)
     return both if os.environ.get("ASKDRAFT_FAULTS") == "all" else (both[i % 2],)
 ASKDRAFT = [sys.executable, "-m", "askdraft.cli"]
+RUN_DEPENDENT = ("speed.json",)  # drafts' generation speed: this run's seconds, unlike the outputs
 
 
 def env():
@@ -119,7 +120,7 @@ def test_drafts_rerun_beside_an_orphan_of_a_killed_parent(tiny_llama_dir, split_
     part = tmp_path / "drafts" / "m" / "dev.jsonl.partial"
     cmd = ["bash", "-c", " ".join(drafts_cmd(tiny_llama_dir, split_dir, tmp_path / "drafts")) + "; exit $?"]
     result = faults.check(cmd, [tmp_path / "drafts"], signal.SIGKILL, when=partial_has_rows(part, 4),
-                          env=env(), group=False, timeout=600)
+                          env=env(), group=False, ignore=RUN_DEPENDENT, timeout=600)
     print(json.dumps(result))
     assert result["killed_at_s"] is not None
     assert faults.failures(result) == []
@@ -152,9 +153,10 @@ def stage_commands(tmp, model, split, judge_url=None):
         "sft-data": ([*ASKDRAFT, "sft-data", "--data", str(split), "--out", str(tmp / "sft"), "--base", str(model),
                       "--limit", "64"], [tmp / "sft"], None, ()),
         "drafts-generate": (drafts_cmd(model, split, drafts_dir / "g"), [drafts_dir / "g"],
-                            partial_has_rows(drafts_dir / "g" / "m" / "dev.jsonl.partial"), ()),
+                            partial_has_rows(drafts_dir / "g" / "m" / "dev.jsonl.partial"), RUN_DEPENDENT),
         "drafts-continuous": (drafts_cmd(model, split, drafts_dir / "c", "--engine", "continuous", "--cache-tokens", "512"),
-                              [drafts_dir / "c"], partial_has_rows(drafts_dir / "c" / "m" / "dev.jsonl.partial"), ()),
+                              [drafts_dir / "c"], partial_has_rows(drafts_dir / "c" / "m" / "dev.jsonl.partial"),
+                              RUN_DEPENDENT),
         "pairs": ([*ASKDRAFT, "pairs", "--mode", "answer", "--drafts", str(split / "train_drafts.jsonl"),
                    "--gold", str(split / "strategyqa_train_cot.jsonl"), "--tokenizer", str(model), "--allow-empty",
                    "-o", str(tmp / "pairs.jsonl")], [tmp / "pairs.jsonl"], None, ()),

@@ -11,8 +11,9 @@ what the student was taught: tentative "none", counted as no_conclusion, never a
 --engine continuous generates through transformers' continuous batching instead (a paged KV
 cache of --cache-tokens tokens, no padding): the same greedy drafts, cut at the stop string
 after generation; --cuda-graphs replays its forward passes as CUDA graphs (a GPU only), for a
-model whose decode step is bound by kernel launches (a 4-bit 7B). REPORT.json records each
-split's generation seconds and new tokens.
+model whose decode step is bound by kernel launches (a 4-bit 7B). speed.json beside REPORT.json
+has this run's generation seconds and new tokens per split (a resumed split: the rows it generated);
+REPORT.json describes the drafts alone, the same after a rerun.
 
 Resumable: each finished batch is appended (and flushed) to <split>.jsonl.partial; a restart
 keeps those rows and generates only the rest; the final file is renamed into place at the end,
@@ -81,6 +82,7 @@ def cut_drafts(texts):
 
 
 ENGINES = ("generate", "continuous")
+SPEED_FILE = "speed.json"  # this run's generation speed per split (run-dependent, unlike REPORT.json)
 CACHE_BLOCK = 32  # tokens a block of the paged KV cache
 MAX_BATCH_TOKENS = 1024  # tokens a forward of continuous batching (prefill chunks + one a running draft)
 
@@ -238,8 +240,11 @@ def write_splits(out_dir, splits, data, model_fn, batch_size, limit, base, adapt
               f"tentative accuracy {c['tentative_accuracy']}" + (" (already done)" if c["skipped"] else ""))
     write_json(out_dir / "REPORT.json", {"base": str(base), "adapter": adapter and str(adapter),
                                          "draft_form": form, "generation": gen,
-                                         "splits": {s: {k: v for k, v in c.items() if k != "skipped"}
+                                         "splits": {s: {k: v for k, v in c.items() if k not in ("skipped", "speed")}
                                                     for s, c in report.items()}})
+    speed = {s: c["speed"] for s, c in report.items() if "speed" in c}
+    if speed:
+        write_json(out_dir / SPEED_FILE, speed)
     return report
 
 
