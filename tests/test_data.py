@@ -75,7 +75,7 @@ def test_train_dev_overlap_is_refused(tmp_path):
 
 
 def test_embedded_bigbench_source(tmp_path):
-    """The default source: StrategyQA inside bigbench==1.0.0 (downloaded once into the cache)."""
+    """The default source: bigbench==1.0.0's StrategyQA task file, committed in data/strategyqa/."""
     m = data.build(tmp_path / "a", hub=False)
     assert m["n_source"] == 2290 and m["exact_duplicates_merged"] == 1
     dev = m["splits"][data.FILES["dev"]]
@@ -83,6 +83,16 @@ def test_embedded_bigbench_source(tmp_path):
     assert abs(dev["yes_share"] - 1070 / 2289) < 0.005
     m2 = data.build(tmp_path / "b", hub=False)
     assert {k: v["sha256"] for k, v in m["splits"].items()} == {k: v["sha256"] for k, v in m2["splits"].items()}
+
+
+def test_bigbench_task_file_is_checked(tmp_path):
+    """A task file that is not bigbench 1.0.0's (edited, truncated) is refused, naming it."""
+    bad = tmp_path / "task.json"
+    bad.write_bytes(data.BIGBENCH_TASK.read_bytes().replace(b"Yes.", b"No.", 1))
+    with pytest.raises(InputError, match=f"{bad}.*not bigbench 1.0.0's StrategyQA task.json"):
+        data.load_bigbench(bad)
+    records, path = data.load_bigbench()
+    assert len(records) == 2290 and path == data.BIGBENCH_TASK
 
 
 def test_shorten_rationale_keeps_answer():

@@ -44,10 +44,7 @@ rm -rf .gpu && mv "$tmp/bundle" .gpu
 gguf=$(PYTHONPATH=tools ${PY:-.venv/bin/python} -c 'from askdraft.base_model import embedded_gguf; print(embedded_gguf())' | tail -1)
 tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 bundle=$(du -sb .gpu | cut -f1)
-# StrategyQA from the bigbench sdist (the data stage's own download), which an offline host cannot
-# fetch: it travels in .gpuparts1, so the first part leaves room for it
-task=$(PYTHONPATH=tools ${PY:-.venv/bin/python} -c 'from askdraft.data import load_bigbench; print(load_bigbench()[1])' | tail -1)
-first=$(( 60 * 1024 * 1024 - bundle - tree - $(stat -c %s "$task") ))
+first=$(( 60 * 1024 * 1024 - bundle - tree ))
 rest=$(( 60 * 1024 * 1024 - tree ))
 [ "$first" -gt 0 ] || { echo "error: .gpu and the checkout leave no room under 60 MiB" >&2; exit 2; }
 rm -rf .gpuparts* && size=$(stat -c %s "$gguf") && off=0 && i=1
@@ -58,6 +55,5 @@ while [ "$off" -lt "$size" ]; do  # part 1 travels with .gpu, every later part a
   off=$((off + n)) && last=$i && i=$((i + 1))
 done
 cat .gpuparts*/gguf.part* | cmp - "$gguf"
-cp "$task" .gpuparts1/
 sha256sum "$gguf" | cut -d' ' -f1 > ".gpuparts$last/gguf.sha256"
 du -sh .gpu .gpuparts*

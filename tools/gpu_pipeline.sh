@@ -78,7 +78,6 @@ collect)  # one archive: the lent host's fetch leaves out folders nested deeper 
   fi;;
 gguf)
   mkdir -p "$ASKDRAFT_CACHE"
-  [ -f "$1/strategyqa_task.json" ] && cp "$1/strategyqa_task.json" "$ASKDRAFT_CACHE/"  # the data stage's source
   [ -f "$GGUF" ] && { echo "$GGUF is already there"; exit 0; }
   cat "${1:?parts dir}"/gguf.part* >> "$GGUF.partial"
   if [ -f "$1/gguf.sha256" ]; then

@@ -2,8 +2,9 @@
 
 Sources, in order: a local file the user names (JSONL or JSON list, fields `question`,
 `answer` yes/no or bool, optional `rationale`), the Hugging Face Hub when reachable, else the
-StrategyQA task inside the `bigbench==1.0.0` source package on PyPI (2290 questions; the
-target's explanation after "Yes."/"No." is the explanation teacher).
+StrategyQA task of `bigbench==1.0.0` (2290 questions; the target's explanation after "Yes."/"No."
+is the explanation teacher), committed as data/strategyqa/bigbench_task.json: PyPI no longer
+serves that release's files.
 
 The teacher draft (`teacher_cot` of the cot/dev files) is, by default (`--teacher
 decomposition`), StrategyQA's own decomposition joined by normalised question text from
@@ -17,17 +18,16 @@ with no "Tentative answer:" (sub-questions and answers; the final answer is trai
 """
 import json
 import random
-import tarfile
 from collections import Counter
 from pathlib import Path
 
 from askdraft import REPO_ROOT, templates
-from askdraft.download import CACHE, pypi_file
 from askdraft.io import BOM, InputError, check_text, json_lines, json_type, read_jsonl, sha256_file, write_json, write_jsonl
 from askdraft.records import check_question, read_split, string
 
-BIGBENCH = ("bigbench", "bigbench-1.0.0.tar.gz",
-            "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2")
+# bigbench-1.0.0/bigbench/benchmark_tasks/strategyqa/task.json of the bigbench 1.0.0 sdist (sha256 1bb398a5...)
+BIGBENCH_TASK = REPO_ROOT / "data" / "strategyqa" / "bigbench_task.json"
+BIGBENCH_TASK_SHA256 = "60af9081fed20102fd8bb1e02dc7d9f12238efcba33e4c1a56b4d61cb6409803"
 TASK_MEMBER = "bigbench-1.0.0/bigbench/benchmark_tasks/strategyqa/task.json"
 HUB_ID = "tasksource/bigbench"  # config "strategyqa": the same 2290 questions
 FILES = {
@@ -153,15 +153,10 @@ def load_bigbench_json(task, path):
     return out
 
 
-def load_bigbench():
-    cached = CACHE / "strategyqa_task.json"
-    if not cached.is_file():
-        sdist = pypi_file(*BIGBENCH)
-        with tarfile.open(sdist) as tar:
-            data = tar.extractfile(TASK_MEMBER).read()
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        cached.write_bytes(data)
-    return load_bigbench_json(json.loads(cached.read_text(encoding="utf-8")), cached), cached
+def load_bigbench(path=BIGBENCH_TASK):
+    if sha256_file(path) != BIGBENCH_TASK_SHA256:
+        raise InputError(path, None, f"not bigbench 1.0.0's StrategyQA task.json (sha256 {BIGBENCH_TASK_SHA256[:12]}...)")
+    return load_bigbench_json(json.loads(Path(path).read_text(encoding="utf-8")), path), path
 
 
 def hub_reachable(timeout=3):
@@ -322,9 +317,8 @@ def build(out_dir, source=None, n_train=2000, seed=1234, hub=True, teacher="deco
     elif hub and hub_reachable():
         records, origin = load_hub(), f"hf-hub:{HUB_ID}/strategyqa"
     else:
-        records, cached = load_bigbench()
-        origin = f"pypi:bigbench==1.0.0:{TASK_MEMBER}"
-        source = cached
+        records, source = load_bigbench()
+        origin = f"bigbench==1.0.0:{TASK_MEMBER}"
     for r in records:
         check_question(r["question"], source or origin, r["_line"])
     records, merged = dedupe(records, source or origin)
