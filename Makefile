@@ -397,7 +397,7 @@ GEN_CONTINUOUS ?= 256
 speed-study: data/sft/REPORT.json | $(SETUP) ## every speed figure: multi-gpu-bench (two ids), bench plain vs tuned vs each switch, the 7B inference bench
 	mkdir -p runs; set -- $(subst $(comma), ,$(SPEED_GPUS)); \
 	gen() { CUDA_VISIBLE_DEVICES=$$1 $(ASKDRAFT) bench generation --model runs/models/llama2-7b-shape --load-in-4bit \
-	  --batch-sizes $(GEN_BATCHES) --continuous $(GEN_CONTINUOUS) --cache-tokens 4096 \
+	  --batch-sizes $(GEN_BATCHES) --continuous $(GEN_CONTINUOUS) --cuda-graphs --cache-tokens 4096 \
 	  --out results/bench_generation.json || echo "speed-study: bench generation failed"; }; \
 	if [ $$# -eq 1 ]; then \
 	  CUDA_VISIBLE_DEVICES=$$1 $(ASKDRAFT) bench train --ablate > runs/bench.log 2>&1 || echo "speed-study: bench failed (runs/bench.log)"; \

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from askdraft import faults, io
+from askdraft import drafts, faults, io
 from conftest import strategyqa_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def signals(i):
     both = (signal.SIGTERM, signal.SIGKILL)
     return both if os.environ.get("ASKDRAFT_FAULTS") == "all" else (both[i % 2],)
 ASKDRAFT = [sys.executable, "-m", "askdraft.cli"]
-RUN_DEPENDENT = ("speed.json",)  # drafts' generation speed: this run's seconds, unlike the outputs
+RUN_DEPENDENT = (drafts.SPEED_FILE,)  # drafts' generation speed: this run's seconds, unlike the outputs
 
 
 def env():

@@ -30,6 +30,7 @@ from askdraft.io import positive_int, write_json
 QUESTIONS = REPO_ROOT / "data" / "strategyqa" / "decompositions.jsonl"
 DRAFT_QUESTIONS = 2289  # train + dev drafts of the default split (2000 + 289)
 DEV_QUESTIONS = 289     # the dev drafts after phase C
+IDENTITY_BATCH = 24     # generate's batch for the identity drafts: the gpu profile's DRAFT_BATCH, within 7 GiB at 7B
 
 
 def prompts(n):
@@ -132,8 +133,8 @@ def bench_continuous(model, tok, batch_sizes, new_tokens, batches, cache_tokens,
         peak = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
         release_continuous(model)  # the next size gets a manager of its own
         k = min(identity_rows, bs)
-        plain = [d for i in range(0, k, 24) for d in generate(
-            model, tok, questions[bs + i:bs + min(k, i + 24)], max_new_tokens=new_tokens, eos_token_id=None)]
+        plain = [d for i in range(bs, bs + k, IDENTITY_BATCH) for d in generate(
+            model, tok, questions[i:min(bs + k, i + IDENTITY_BATCH)], max_new_tokens=new_tokens, eos_token_id=None)]
         med = statistics.median(gen_s[1:])
         rows.append(dict(
             engine="continuous+graphs" if cuda_graphs else "continuous", batch_size=bs, cache_tokens=cache_tokens,
@@ -171,8 +172,8 @@ def cmd(args):
     model, tok = models.load_model(args.model, load_in_4bit=args.load_in_4bit)
     tok.padding_side = "left"
     rows = bench(model, tok, sizes, args.new_tokens, args.batches)
-    for graphs in (False, True) if args.cuda_graphs else (False,):
-        if args.continuous:
+    if args.continuous:
+        for graphs in (False, True) if args.cuda_graphs else (False,):
             rows += bench_continuous(model, tok, [int(x) for x in args.continuous.split(",")], args.new_tokens,
                                      args.batches, args.cache_tokens, graphs, args.identity_rows)
     cfg = model.config
