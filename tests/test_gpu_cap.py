@@ -181,18 +181,31 @@ def test_make_stage_over_the_cap_fails(tmp_path):
     assert make(2).returncode == 0
 
 
-def test_side_by_side_stages_share_one_record(tmp_path):
-    """--jobs: stages run side by side share the group's peaks (marked side_by_side), each its own wall time."""
+def test_side_by_side_stages_each_get_their_own_record(tmp_path):
+    """--jobs: each stage run side by side gets its own record as it ends (marked side_by_side): its
+    own processes' memory peak, its own wall time; total_wall_s counts the group once."""
     sys.path.insert(0, str(REPO / "tests"))
     from test_run_stages import SIBLING_STAGES, SIBLINGS_MAKEFILE
 
-    (tmp_path / "Makefile").write_text(SIBLINGS_MAKEFILE)
+    # judge (a child runner) holds 600 MB beside its stamp; eval runs in the runner's own process
+    (tmp_path / "Makefile").write_text(SIBLINGS_MAKEFILE.replace(
+        "out/judge.txt: out/drafts.txt\n", "out/judge.txt: out/drafts.txt\n\t$(PY) hold.py 600 out/held.bin\n"))
+    (tmp_path / "hold.py").write_text(HOLD)
     done = run_stages(tmp_path, "--jobs", "3", *SIBLING_STAGES)
     assert done.returncode == 0, done.stdout + done.stderr
-    stages = json.loads((tmp_path / "results/m/stages.json").read_text())["stages"]
+    doc = json.loads((tmp_path / "results/m/stages.json").read_text())
+    stages = doc["stages"]
     assert set(stages) == set(SIBLING_STAGES)
     group = ["eval", "attribution", "judge"]
     for name in group:
         assert stages[name]["side_by_side"] == group and stages[name]["wall_s"] >= 1.5
-    assert stages["eval"]["cpu_rss_peak_gib"] == stages["judge"]["cpu_rss_peak_gib"]
+        assert "failed_exit" not in stages[name]
+    assert stages["judge"]["wall_s"] >= stages["eval"]["wall_s"] + 0.8  # the hold's second, its own
+    assert stages["judge"]["cpu_rss_peak_gib"] >= 600 / 1024
+    for name in ("eval", "attribution"):  # neither counts the judge's 600 MB
+        assert stages[name]["cpu_rss_peak_gib"] < stages["judge"]["cpu_rss_peak_gib"] - 400 / 1024, stages
     assert "side_by_side" not in stages["report"]
+    longest = max(stages[name]["wall_s"] for name in group)
+    others = sum(stages[name]["wall_s"] for name in ("drafts-c", "report"))
+    assert doc["total_wall_s"] == pytest.approx(longest + others, abs=0.11)
+    assert not list((tmp_path / "results/m").glob("*.tmp"))

@@ -20,7 +20,8 @@ usage: tools/run_stages.py [STAGE ...] [--isolate] [--jobs N] [--makefile PATH]
   --jobs N: the stale stages of a SIBLINGS group (independent of each other) run side by side, at
     most N at once: the first in this process, the others each in a child runner (output in
     runs/<PROFILE>/stage-<name>.log, its tail printed if it fails); a failure fails the run after
-    the running siblings have finished, and no further sibling starts. 1 (default): one by one.
+    the running siblings have finished, and no further sibling starts. Each sibling's record goes
+    into stages.json as it ends (its own processes' peaks, marked side_by_side). 1 (default): one by one.
 """
 import argparse
 import gc
@@ -29,9 +30,11 @@ import linecache
 import os
 import runpy
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -40,6 +43,7 @@ from pathlib import Path
 
 from askdraft import gpu_cap
 from askdraft.command import stop_process_group
+from askdraft.io import atomic_open, exclusive
 from askdraft.pipeline import PIPELINE, SIBLINGS
 from askdraft.stage_resources import StageMonitor, record_stage
 
@@ -214,19 +218,50 @@ def stage_log(stage):
     return MAKEFILE.parent / "runs" / (profile or "") / f"stage-{stage}.log"
 
 
-def run_siblings(stages, jobs, python, isolate):
+class Recorder:
+    """Each stage's resources (a StageMonitor) into results/<model>/stages.json, or, in a --jobs
+    child (record_to), into the file its parent adds to stages.json when the child ends."""
+
+    def __init__(self, stages_json, record_to=None):
+        self.stages_json, self.record_to, self.lock = stages_json, record_to, threading.Lock()
+
+    def measure(self, stage, run, exclude=None, group=None):
+        """run() (an exit code) under a StageMonitor, then save its record; run()'s code."""
+        with StageMonitor(MAKEFILE.parent, exclude=exclude) as monitor:
+            code = run()
+        self.save(stage, monitor.record, code, group)
+        return code
+
+    def save(self, stage, rec, code, group=None):
+        rec = dict(rec, **({"side_by_side": list(group)} if group else {}))
+        if self.record_to:
+            with atomic_open(self.record_to) as f:
+                json.dump({"record": rec, "code": code}, f)
+            return
+        with self.lock:  # a sibling's waiter thread and this process's stage may end together
+            record_stage(self.stages_json, MAKEFILE.parent, stage, rec, code)
+
+
+def run_siblings(stages, jobs, python, isolate, recorder=None):
     """Run stale sibling stages side by side, at most `jobs` at once: stages[0] in this process, the
-    others each in a child runner that records no wall time. Returns {stage: (code, seconds)} for
-    every stage that ran; waits for every child it started, also when this process's stage fails."""
+    others each in a child runner that measures itself (recorder) and records no wall time.
+    Returns {stage: (code, seconds)} for every stage that ran; waits for every child it started,
+    also when this process's stage fails."""
     slots = threading.Semaphore(jobs)
     failed = threading.Event()
     results, lock = {}, threading.Lock()
     children = []  # (stage, Popen, log path, waiter thread)
+    records = Path(tempfile.mkdtemp(prefix="askdraft-siblings-"))
 
     def wait_child(stage, proc, start):
         code = proc.wait()
+        seconds = time.time() - start
         with lock:
-            results[stage] = (code, time.time() - start)
+            results[stage] = (code, seconds)
+        if recorder is not None:  # the child's own record, with the wall time its parent saw
+            path = records / f"{stage}.json"
+            rec = json.loads(path.read_text())["record"] if path.exists() else {}
+            recorder.save(stage, dict(rec, wall_s=round(seconds, 1)), code, stages)
         if code:
             failed.set()
         slots.release()
@@ -239,7 +274,8 @@ def run_siblings(stages, jobs, python, isolate):
                 break
             log = stage_log(stage)
             log.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--makefile", str(MAKEFILE), "--no-record", stage]
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--makefile", str(MAKEFILE), stage]
+            cmd += ["--record-to", str(records / f"{stage}.json")] if recorder is not None else ["--no-record"]
             if isolate:
                 cmd.append("--isolate")
             print(f"== {stage}: started side by side, output in {log}", flush=True)
@@ -256,7 +292,11 @@ def run_siblings(stages, jobs, python, isolate):
     try:
         print(f"== {stages[0]}", flush=True)
         start = time.time()
-        code = run_stage(stages[0], python, isolate)
+        first = lambda: run_stage(stages[0], python, isolate)  # noqa: E731
+        if recorder is None:
+            code = first()
+        else:  # this process's own peaks: the child runners' process trees left out
+            code = recorder.measure(stages[0], first, exclude=lambda: [c[1].pid for c in list(children)], group=stages)
         results[stages[0]] = (code, time.time() - start)
         if code:
             failed.set()
@@ -271,6 +311,7 @@ def run_siblings(stages, jobs, python, isolate):
             if interrupted:
                 proc.terminate()
             waiter.join()
+        shutil.rmtree(records, ignore_errors=True)
     for stage, proc, log, waiter in children:
         code, seconds = results[stage]
         if code:
@@ -287,6 +328,7 @@ def main(argv=None):
     p.add_argument("--isolate", action="store_true", help="a process per command line, as make does")
     p.add_argument("--jobs", type=int, default=1, help="this many stages of a SIBLINGS group at once")
     p.add_argument("--no-record", action="store_true", help=argparse.SUPPRESS)  # a --jobs child
+    p.add_argument("--record-to", type=Path, help=argparse.SUPPRESS)  # a --jobs child: its record's file
     p.add_argument("--makefile", type=Path, default=MAKEFILE, help="default: the repo's; its folder is the cwd")
     args = p.parse_args(argv)
     MAKEFILE = args.makefile.resolve()
@@ -297,41 +339,28 @@ def main(argv=None):
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # the Makefile's `?=`
     python = os.environ.get("PY") or sys.executable  # the make lines start with $(PY) verbatim
     results_dir = MAKEFILE.parent / "results" / os.environ.get("MODEL_NAME", "SmolLM2-135M-Instruct")
-    times_path = results_dir / "wall_times.json"
+    times_path = None if args.no_record or args.record_to else results_dir / "wall_times.json"
     try:
         cap_gpu_memory()
     except gpu_cap.CapError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    recorder = None
     if not args.no_record:
         gpu_cap.RECORD_PEAKS_AT_EXIT = False  # StageMonitor reads this process's peak itself
-
-    def measured(stages, run):
-        """run() under a StageMonitor; each stage's record into results/<model>/stages.json."""
-        if args.no_record:
-            return run()
-        with StageMonitor(MAKEFILE.parent) as monitor:
-            outcome = run()
-        codes = outcome if isinstance(outcome, dict) else {stages[0]: (outcome, None)}
-        for name in stages:
-            if name in codes:
-                rec = dict(monitor.record, **({"side_by_side": stages} if len(stages) > 1 else {}))
-                if codes[name][1] is not None:
-                    rec["wall_s"] = round(codes[name][1], 1)
-                record_stage(results_dir / "stages.json", MAKEFILE.parent, name, rec, codes[name][0])
-        return outcome
-    if args.no_record:  # a --jobs child: its parent holds the lock
-        return run_all(args, python, times_path, measured)
-    from askdraft.io import exclusive
+        recorder = Recorder(results_dir / "stages.json", args.record_to)
+    if times_path is None:  # a --jobs child: its parent holds the lock
+        return run_all(args, python, times_path, recorder)
     # one runner a pipeline (a folder's MODEL_NAME; k-fold candidates have their own): the rerun of a
     # pipeline whose killed `make` left this runner going waits for it
     results_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(results_dir, "pipeline stages (tools/run_stages.py)"):
-        return run_all(args, python, times_path, measured)
+        return run_all(args, python, times_path, recorder)
 
 
-def run_all(args, python, times_path, measured):
-    """Each stale stage of args.stages in order (siblings side by side with --jobs); the exit code."""
+def run_all(args, python, times_path, recorder):
+    """Each stale stage of args.stages in order (siblings side by side with --jobs); the exit code.
+    Wall times go to times_path (None: a --jobs child's, which its parent records)."""
     done = set()
     for stage in args.stages:
         if stage in done:
@@ -342,11 +371,11 @@ def run_all(args, python, times_path, measured):
         group = next((g for g in SIBLINGS if stage in g), ()) if args.jobs > 1 else ()
         stale = [s for s in args.stages if s in group and s not in done and (s == stage or not is_up_to_date(s))]
         if len(stale) > 1:
-            results = measured(stale, lambda: run_siblings(stale, args.jobs, python, args.isolate))
+            results = run_siblings(stale, args.jobs, python, args.isolate, recorder)
             done.update(stale)
             for name in stale:  # in the command line's order
                 if name in results and results[name][0] == 0:
-                    if not args.no_record:
+                    if times_path is not None:
                         record(times_path, name, results[name][1])
                     print(f"== {name}: {results[name][1]:.1f} s", flush=True)
             codes = [results[name][0] for name in stale if name in results and results[name][0]]
@@ -356,10 +385,11 @@ def run_all(args, python, times_path, measured):
             continue
         print(f"== {stage}", flush=True)
         start = time.time()
-        code = measured([stage], lambda: run_stage(stage, python, args.isolate))
+        run = lambda: run_stage(stage, python, args.isolate)  # noqa: E731
+        code = run() if recorder is None else recorder.measure(stage, run)
         if code:
             return code
-        if not args.no_record:
+        if times_path is not None:
             record(times_path, stage, time.time() - start)
         print(f"== {stage}: {time.time() - start:.1f} s{gpu_memory_left()}", flush=True)
     return 0

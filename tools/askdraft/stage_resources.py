@@ -9,6 +9,12 @@ PID; inside a PID namespace (a container) none match, and the per-process figure
 device's used memory beside it (its peak, and its level when the stage started) still bounds it.
 torch's peak reserved comes from this process (torch.cuda.max_memory_reserved) and from every child
 Python process, which appends its own at exit (askdraft.gpu_cap, ASKDRAFT_TORCH_PEAKS).
+
+Stages run side by side (run_stages --jobs) each get their own record, marked side_by_side: wall
+time, RSS, NVML's per-process figure and torch's peak are the stage's own processes' (a monitor
+leaves out the process trees `exclude` names); the device's used memory and the bytes written under
+the checkout are what the whole checkout and device saw while the stage ran, its siblings included.
+total_wall_s counts such a group once, at its longest stage.
 """
 import hashlib
 import json
@@ -88,8 +94,9 @@ def _torch_cuda():
 class StageMonitor:
     """with StageMonitor(root) as m: run the stage; then m.record is the stage's resources."""
 
-    def __init__(self, root, interval=0.2):
+    def __init__(self, root, interval=0.2, exclude=None):
         self.root, self.interval = Path(root), interval
+        self.exclude = exclude  # callable: PIDs whose process trees are another stage's
         self.record = None
 
     def __enter__(self):
@@ -122,6 +129,14 @@ class StageMonitor:
             procs += self.proc.children(recursive=True)
         except psutil.Error:
             pass
+        if self.exclude is not None:
+            others = set()
+            for pid in self.exclude():
+                try:
+                    others |= {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
+                except psutil.Error:
+                    continue
+            procs = [p for p in procs if p.pid not in others]
         rss = 0
         for p in procs:
             try:
@@ -193,6 +208,10 @@ def record_stage(path, root, stage, record, exit_code=0):
     doc = json.loads(path.read_text()) if path.is_file() else {}
     stages = doc.get("stages", {})
     stages[stage] = {**record, **({"failed_exit": exit_code} if exit_code else {})}
+    spans = {}  # a side-by-side group's stages overlap: the group counts once, at its longest
+    for name, rec in stages.items():
+        group = tuple(rec.get("side_by_side") or (name,))
+        spans[group] = max(spans.get(group, 0), rec["wall_s"])
     doc = {
         "commit": git_commit(Path(root)),
         "device": device(),
@@ -201,7 +220,7 @@ def record_stage(path, root, stage, record, exit_code=0):
         "base": os.environ.get("BASE_NAME"),
         "recipes_sha256": recipe_hashes(root, os.environ.get("PROFILE")),
         "stages": stages,
-        "total_wall_s": round(sum(s["wall_s"] for s in stages.values()), 1),
+        "total_wall_s": round(sum(spans.values()), 1),
     }
     with atomic_open(path) as f:
         json.dump(doc, f, indent=2)
