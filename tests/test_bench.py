@@ -60,8 +60,10 @@ def test_plan():
     rows = train.plan(["A", "B", "C"], ablate=True)
     assert rows[:6] == [(p, c) for c in ("plain", "tuned") for p in "ABC"]
     assert rows[6:12] == [("B", f"tuned-minus-{s}") for s in train.ABLATIONS]
-    assert rows[12:] == [("B", "tuned-pack16"), ("C", "tuned-micro4"), ("C", "tuned-micro16")]
-    assert train.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned"), ("C", "tuned-micro4"), ("C", "tuned-micro16")]
+    assert rows[12:] == [("B", "tuned-pack16"), ("C", "tuned-micro4"), ("C", "tuned-micro16"),
+                         ("C", "tuned-minus-shared_prompt")]
+    assert train.plan(["C"], ablate=True) == [("C", "plain"), ("C", "tuned"), ("C", "tuned-micro4"), ("C", "tuned-micro16"),
+                                              ("C", "tuned-minus-shared_prompt")]
     assert train.plan(["C"], ablate=False) == [("C", "plain"), ("C", "tuned")]
     assert train.plan(["B"], ablate=True, configs=["plain"]) == [("B", "plain")]
     # one-switch rows by name, each on its own phase only
@@ -88,6 +90,11 @@ def test_c_micro_rows_keep_32_pairs_a_step(tmp_path):
         assert {k: v for k, v in cfg.items() if k not in ("micro_batch_size", "gradient_accumulation_steps", "output_dir")} \
             == {k: v for k, v in tuned.items() if k not in ("micro_batch_size", "gradient_accumulation_steps", "output_dir")}
     assert tuned["micro_batch_size"] * tuned["gradient_accumulation_steps"] == 32
+    # tuned scores a pair in one row, the prompt once; its one-switch row in TRL's two rows a pair
+    two_rows = train.row_config("C", "tuned-minus-shared_prompt", ctx)
+    assert tuned["askdraft_shared_prompt"] is True and two_rows.pop("askdraft_shared_prompt") is False
+    assert {k: v for k, v in two_rows.items() if k != "output_dir"} == \
+        {k: v for k, v in tuned.items() if k not in ("output_dir", "askdraft_shared_prompt")}
 
 
 def test_b_pack_and_compile_rows_change_only_their_switch(tmp_path):

@@ -40,6 +40,8 @@ def test_trl_internals_the_glue_relies_on():
         assert line in src, f"TRL's DPOTrainer._compute_loss changed: {line!r} is gone"
     ref_src = inspect.getsource(DPOTrainer.compute_ref_log_probs)
     assert 'use_adapter(\n                    unwrapped_model, adapter_name="ref"' in ref_src  # PEFT ref = adapter off
+    # askdraft_shared_prompt scores the reference in its own layout: TRL's precompute calls our override
+    assert "self.compute_ref_log_probs(model, padded_batch)" in inspect.getsource(DPOTrainer._precompute_ref_logps)
     assert "self._metrics[mode].items()" in inspect.getsource(DPOTrainer.log)
     assert "input_ids = prompt_chosen_ids + prompt_rejected_ids" in inspect.getsource(
         DataCollatorForPreference.torch_call)  # batch is [chosen; rejected]

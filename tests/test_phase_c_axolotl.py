@@ -225,3 +225,33 @@ def test_stabiliser_keys_reach_the_loss(tiny_llama_dir, tmp_path, monkeypatch):
     # per token: a chosen " yes"/" no" (+ EOS) is 2-3 tokens, so its mean log-prob is far above the
     # summed log-prob of a 20-token rejected draft's
     assert logs[0]["logps/chosen"] > -15 and logs[0]["rewards/margins"] == pytest.approx(0, abs=1e-6)
+
+
+def test_shared_prompt_through_axolotl_logs_what_two_rows_log(tiny_llama_dir, tmp_path):
+    """askdraft_shared_prompt: true in a real `axolotl train` (the recipe's precomputed reference
+    included) logs the loss, gradient norm, margins and log-probs of the same run in TRL's two rows
+    a pair, with the model run on fewer token positions. The two runs are two processes: their
+    adapters start the same only because askdraft_seed seeds them (tests/test_seed_plugin.py)."""
+    env = {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    axolotl = Path(sys.executable).with_name("axolotl")
+    runs = {}
+    for shared in (False, True):
+        run = tmp_path / str(shared)
+        run.mkdir()
+        recipe = _one_epoch_recipe(tiny_llama_dir, run, save_strategy="epoch", learning_rate=1e-2,
+                                   lora_dropout=0.0, askdraft_shared_prompt=shared)
+        runs[shared] = (run, subprocess.Popen([str(axolotl), "train", str(recipe)], cwd=run, env=env,
+                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    logs = {}
+    for shared, (run, proc) in runs.items():
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-4000:]
+        state = sorted((run / "out").glob("checkpoint-*/trainer_state.json"))[-1]
+        logs[shared] = [e for e in json.loads(state.read_text())["log_history"] if "rewards/margins" in e]
+    assert len(logs[True]) == len(logs[False]) == 2
+    for ours, trl in zip(logs[True], logs[False]):
+        for key in ("loss", "grad_norm", "rewards/margins", "logps/chosen", "logps/rejected",
+                    "askdraft/ref_logps_rejected"):
+            assert ours[key] == pytest.approx(trl[key], rel=1e-4, abs=1e-5), key
+        assert ours["askdraft/model_positions"] < 0.8 * trl["askdraft/model_positions"]
+    assert logs[False][1]["rewards/margins"] != pytest.approx(0, abs=1e-4)  # the first step moved the policy

@@ -5,8 +5,7 @@ written by hand):
   results/<model>_<device>_<pairs>-pairs_<losses>-losses[_<note>]/ (a folder with a summary.json);
   its name says what differs from the other runs, the summary says the rest (date, the device
   that scored it, commit, accuracies).
-- plugins/askdraft_dpo/README.md: the recipe keys of the plugin, from args.py's pydantic fields
-  (type, default, description).
+- plugins/askdraft_dpo/README.md: the plugin's recipe keys, from args.py's fields (type, default, description).
 - recipes/multi_gpu/README.md: one row per mode of each results/multi_gpu/*.json (`askdraft bench multi-gpu`).
 
     python tools/doc_tables.py           # rewrite the tables
@@ -216,7 +215,8 @@ def switch_text(sw):
     if sw.get("sample_packing"):
         parts.append(f"packed {sw['sequence_len']}")
     parts += [name for name, on in (("liger", sw.get("liger")), ("LoRA kernels", sw.get("lora_kernels")),
-                                    ("fused AdamW", sw.get("optimizer") == "adamw_torch_fused")) if on]
+                                    ("fused AdamW", sw.get("optimizer") == "adamw_torch_fused"),
+                                    ("shared prompt", sw.get("askdraft_shared_prompt"))) if on]
     if sw.get("attn_implementation"):
         parts.append(sw["attn_implementation"])
     if not sw.get("gradient_checkpointing"):

@@ -10,8 +10,11 @@
     askdraft_cudnn_attention: true     # false: SDPA without its cuDNN backend while phase C trains
     askdraft_length_normalize: false   # stabiliser: per-token mean log-probs instead of sums
     askdraft_rpo_alpha: 0.0            # stabiliser: + alpha * NLL of the chosen completion (RPO)
+    askdraft_shared_prompt: false      # speed: one row a pair, the prompt once (shared_prompt.py)
 
-The last two are speed switches (recipes/profiles/dpo-fast.yaml turns both off). Axolotl's DPO
+free_memory_each_step and cudnn_attention are speed switches (recipes/profiles/dpo-fast.yaml turns
+both off); so is shared_prompt, which the fast profiles turn on: the same log-probs as TRL's two rows
+a pair on about half the tokens. Axolotl's DPO
 trainer frees memory after every micro-step, which keeps an 8 GB card flat but costs a full
 gc.collect() (0.38 s with the stack imported, on the 2-core CPU) a step. cuDNN's SDPA builds a plan
 for each new sequence shape (about 3 ms of CPU per attention call on the H200).
@@ -101,6 +104,10 @@ class AskDraftDPOArgs(BaseModel):
     askdraft_rpo_alpha: float = Field(
         default=0.0, ge=0.0, description="stabiliser: add alpha times the chosen completion's per-token NLL "
         "(RPO, arXiv 2404.19733; TRL's rpo_alpha), so the right answer's likelihood cannot fall while margins grow")
+    askdraft_shared_prompt: bool = Field(
+        default=False, description="run each pair as one row, the prompt once and both completions after it, "
+        "each seeing only the prompt and itself: TRL's log-probs on about half the tokens (attn_implementation "
+        "sdpa or eager)")
 
     @model_validator(mode="before")
     @classmethod
@@ -153,3 +160,25 @@ class AskDraftDPOArgs(BaseModel):
         if loss_type not in (None, ["sigmoid"]):
             raise ValueError(f"askdraft_dpo computes its own loss; dpo_loss_type must be unset, got {loss_type}")
         return self
+
+
+_registered = None  # the plugin keys of the config the plugin registered last, for the next trainer
+
+
+def recipe_args_of(cfg):
+    """The plugin keys of an axolotl config (every default where a key is unset)."""
+    return AskDraftDPOArgs(**{k: cfg[k] for k in AskDraftDPOArgs.model_fields if cfg.get(k) is not None})
+
+
+def use_recipe(cfg):
+    """Keep the config's plugin keys for the trainer about to be built: TRL scores the reference
+    log-probs inside the trainer's __init__, before axolotl hands the trainer to the plugin."""
+    global _registered
+    _registered = recipe_args_of(cfg)
+
+
+def take_recipe():
+    """The registered config's plugin keys, once (a trainer built without a config gets defaults)."""
+    global _registered
+    args, _registered = _registered, None
+    return args if args is not None else AskDraftDPOArgs()

@@ -2,7 +2,7 @@
 from axolotl.integrations.base import BasePlugin
 
 from . import PLUGIN
-from .args import AskDraftDPOArgs
+from .args import recipe_args_of, use_recipe
 from .rows import PAIR_FIELDS, read_pairs
 
 TRAINER_CLS = "askdraft_dpo.trainer.AskDraftDPOTrainer"
@@ -44,6 +44,7 @@ class AskDraftDPOPlugin(BasePlugin):
             raise ValueError("askdraft_dpo needs askdraft_schedule: one {epochs: [first, last], beta, cal, robust} "
                              "entry per block of epochs (recipes/phase_c.yaml holds the seed's schedule)")
         cfg["trainer_cls"] = TRAINER_CLS
+        use_recipe(cfg)
         check_pair_files(cfg)
 
     def get_trainer_cls(self, cfg):
@@ -73,6 +74,6 @@ class AskDraftDPOPlugin(BasePlugin):
             return []
         if not isinstance(trainer, AskDraftDPOTrainer):
             raise TypeError(f"askdraft_dpo expected an AskDraftDPOTrainer, axolotl built {type(trainer).__name__}")
-        args = AskDraftDPOArgs(**{k: cfg[k] for k in AskDraftDPOArgs.model_fields if cfg.get(k) is not None})
+        args = recipe_args_of(cfg)
         trainer.configure(args)
         return [ScheduleCallback(trainer, args.askdraft_schedule)]

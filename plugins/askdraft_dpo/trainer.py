@@ -18,17 +18,21 @@ micro-batches. `askdraft/pairs_dropped` is that mean (pairs dropped per micro-ba
 GPU), `askdraft/pairs_dropped_total` the sum over the window and the processes (with
 logging_steps 1: the optimizer step's drops).
 """
+import contextlib
 import math
 
 import torch
 
+from accelerate.utils import is_peft_model
 from transformers import TrainerCallback
-from trl.trainer.utils import selective_log_softmax
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import selective_log_softmax, use_adapter
 
 from axolotl.core.trainers.dpo.trainer import AxolotlDPOTrainer
 
-from .args import OFF, AskDraftDPOArgs, entry_for_epoch
+from .args import OFF, entry_for_epoch, take_recipe
 from .losses import askdraft_loss, length_normalized, rpo_nll
+from .shared_prompt import shared_prompt_logps
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 
@@ -56,6 +60,7 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
     """DPO with the askdraft schedule. With the defaults (cal/robust "none") it is plain DPO."""
 
     def __init__(self, *args, **kwargs):
+        self.configure(take_recipe())  # before TRL's __init__, which may score the reference already
         super().__init__(*args, **kwargs)
         unsupported = {
             "loss_type": self.loss_types != ["sigmoid"],
@@ -74,7 +79,6 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         # (every process advances it by world * n a micro-step), and this process's attention-mask
         # tokens not yet added to TRL's _total_train_tokens (a device tensor: no sync a micro-step)
         self._global_pairs_before, self._pending_tokens = 0, None
-        self.configure(AskDraftDPOArgs())  # the recipe keys' defaults; the plugin passes the recipe's
 
     def configure(self, args):
         """The recipe's plugin keys (an AskDraftDPOArgs): args.py holds every default."""
@@ -82,6 +86,32 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
         self.beta_prime = args.askdraft_dr_beta_prime
         self.free_memory_each_step = args.askdraft_free_memory_each_step
         self.length_normalize, self.rpo_alpha = args.askdraft_length_normalize, args.askdraft_rpo_alpha
+        self.shared_prompt = args.askdraft_shared_prompt
+
+    def sequence_logps(self, model, inputs):
+        """([chosen; rejected] summed completion log-probs, the model's outputs, the token positions
+        the model ran): TRL's two rows a pair, or one row a pair with the prompt once
+        (askdraft_shared_prompt)."""
+        if self.shared_prompt:
+            impl = self.accelerator.unwrap_model(model).config._attn_implementation
+            return shared_prompt_logps(model, inputs, getattr(self.data_collator, "pad_token_id", 0), impl)
+        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
+        return (*completion_logps(model, model_kwargs, inputs["input_ids"], inputs["completion_mask"]),
+                inputs["input_ids"].numel())
+
+    def compute_ref_log_probs(self, model, inputs):
+        """TRL's reference log-probs (the adapter disabled where there is no ref_model), in the
+        layout the policy's are computed in, so the two agree at the start."""
+        if not self.shared_prompt:
+            return super().compute_ref_log_probs(model, inputs)
+        reference = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            reference = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            with reference:
+                logps, _, _ = self.sequence_logps(model, inputs)
+        return logps.chunk(2, dim=0)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.free_memory_each_step:  # AxolotlDPOTrainer's: the step, then gc.collect() + empty_cache()
@@ -94,8 +124,7 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
 
     def _compute_loss(self, model, inputs, return_outputs):
         mode = "train" if self.model.training else "eval"
-        model_kwargs = {k: v for k, v in inputs.items() if k not in _NON_MODEL_KEYS}
-        logps, outputs = completion_logps(model, model_kwargs, inputs["input_ids"], inputs["completion_mask"])
+        logps, outputs, positions = self.sequence_logps(model, inputs)
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)  # the collator stacks [chosen; rejected]
 
         if self.precompute_ref_logps:
@@ -125,6 +154,7 @@ class AskDraftDPOTrainer(AxolotlDPOTrainer):
             tokens = inputs["attention_mask"].sum().detach()
             self._pending_tokens = tokens if self._pending_tokens is None else self._pending_tokens + tokens
         self._log_metrics(mode, stats, chosen_logps, rejected_logps, ref_chosen, ref_rejected)
+        self._metrics[mode]["askdraft/model_positions"].append(torch.tensor(float(positions)))
         return (loss, outputs) if return_outputs else loss
 
     def _log_metrics(self, mode, stats, chosen_logps, rejected_logps, ref_chosen, ref_rejected):

@@ -7,7 +7,8 @@ plain = recipes/phase_{a,b,c}.yaml as they are, plus only what a bench needs (ba
 paths, max_steps, no saving). tuned = the same recipe with recipes/profiles/gpu-7b-fast.yaml
 (and dpo-7b-fast.yaml for C), composed by `askdraft recipe`, with A's and B's packs sized to hold
 a whole step of 32 rows. --ablate adds phase B rows of tuned minus one switch each and at 16 rows
-a pack, and phase C tuned rows at micro 4 x 8 and 16 x 2; --configs names any such row
+a pack, and phase C tuned rows at micro 4 x 8 and 16 x 2 and without the shared prompt (TRL's two
+rows a pair); --configs names any such row
 (tuned-minus-SWITCH, tuned-packN, tuned-microN, tuned-compile). Every composed YAML is kept
 under runs/bench/ and hashed in its row.
 
@@ -51,14 +52,16 @@ LIGER_KEYS = ("liger_rms_norm", "liger_glu_activation", "liger_fused_linear_cros
 KERNEL_KEYS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
 # tuned minus one switch: the keys that turn it off (packing / big_micro depend on the data)
 ABLATIONS = ["liger", "lora_kernels", "fused_adamw", "sdpa", "packing", "big_micro"]
+C_ABLATIONS = ["shared_prompt"]  # phase C's tuned minus one switch
 C_MICRO = [4, 16]  # phase C has no packing: --ablate adds tuned rows at these micro-batches (tuned: 8; 32 pairs a step)
 B_PACKS = [16]     # --ablate adds phase B rows with this many rows a pack (tuned: 32, one pack a step)
 # one-switch rows and their phase (tuned-compile: tuned plus axolotl's torch_compile)
 ROW_PHASE = {"tuned-minus-": "B", "tuned-pack": "B", "tuned-micro": "C", "tuned-compile": "B"}
 ABLATE_ROWS = ([f"tuned-minus-{s}" for s in ABLATIONS] + [f"tuned-pack{n}" for n in B_PACKS]
-               + [f"tuned-micro{m}" for m in C_MICRO])
+               + [f"tuned-micro{m}" for m in C_MICRO] + [f"tuned-minus-{s}" for s in C_ABLATIONS])
 ABLATION_OFF = {"liger": {k: False for k in LIGER_KEYS}, "lora_kernels": {k: False for k in KERNEL_KEYS},
-                "fused_adamw": {"optimizer": "adamw_torch"}, "sdpa": {"attn_implementation": "eager"}}
+                "fused_adamw": {"optimizer": "adamw_torch"}, "sdpa": {"attn_implementation": "eager"},
+                "shared_prompt": {"askdraft_shared_prompt": False}}
 
 
 # ---------------------------------------------------------------------------- recipes
@@ -80,6 +83,8 @@ def row_phase(config):
     """The phase a one-switch row belongs to; ValueError for a name that is not one."""
     if config == "tuned-compile":
         return ROW_PHASE[config]
+    if config.removeprefix("tuned-minus-") in C_ABLATIONS:
+        return "C"
     for prefix in ("tuned-minus-", "tuned-pack", "tuned-micro"):
         rest = config.removeprefix(prefix)
         if config.startswith(prefix) and (rest in ABLATIONS if prefix == "tuned-minus-" else rest.isdigit()):
@@ -151,7 +156,8 @@ def switches(cfg):
             "gradient_checkpointing": cfg.get("gradient_checkpointing"), "load_in_4bit": cfg.get("load_in_4bit"),
             "adapter": cfg.get("adapter"), "precompute_ref_log_probs": cfg.get("precompute_ref_log_probs"),
             "askdraft_free_memory_each_step": cfg.get("askdraft_free_memory_each_step"),
-            "askdraft_cudnn_attention": cfg.get("askdraft_cudnn_attention")}
+            "askdraft_cudnn_attention": cfg.get("askdraft_cudnn_attention"),
+            "askdraft_shared_prompt": cfg.get("askdraft_shared_prompt")}
 
 
 def write_recipe(cfg, path):
