@@ -63,6 +63,16 @@ def test_profile_dotted_key_errors_name_the_profile(tmp_path):
         compose(REPO / "recipes/phase_c.yaml", [bad])
 
 
+@pytest.mark.parametrize("plugin", ["askdraft_sed.SeedPlugin", "askdraft_dpo_plugin.Missing", "SeedPlugin"])
+def test_a_plugin_that_cannot_be_imported_stops_the_recipe(tmp_path, plugin):
+    """Axolotl itself logs such a plugin and trains without it."""
+    bad = tmp_path / "plugins.yaml"
+    bad.write_text(f"plugins:\n  - askdraft_fastprep.FastPrepPlugin\n  - {plugin}\n")
+    with pytest.raises(InputError, match=rf"phase_a.yaml: plugin '{re.escape(plugin)}': no module"):
+        compose(REPO / "recipes/phase_a.yaml", [bad])
+    assert compose(REPO / "recipes/phase_a.yaml")["plugins"]  # the recipe's own plugins import
+
+
 @pytest.mark.parametrize("profiles, loss, entry", [
     ([], "robust", {"epochs": [1, 1], "beta": 0.10, "cal": "none", "robust": "seed"}),
     ([], "cal", {"epochs": [1, 1], "beta": 0.10, "cal": "seed", "robust": "none"}),

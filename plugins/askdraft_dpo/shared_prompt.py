@@ -31,17 +31,17 @@ def layout(input_ids, attention_mask, completion_mask, pad_id, attn_implementati
         raise ValueError(f"askdraft_shared_prompt needs attn_implementation sdpa or eager (a 4-D mask), "
                          f"got {attn_implementation}")
     n = input_ids.shape[0] // 2
-    device = input_ids.device
-    real = attention_mask.bool()
-    prompt = real & ~completion_mask.bool()
+    device = input_ids.device  # the layout is built on the CPU (one copy of the batch), then moved
+    input_ids, real, completion = input_ids.cpu(), attention_mask.cpu().bool(), completion_mask.cpu().bool()
+    prompt = real & ~completion
     rows, sources, tokens, chosen_flags = [], [], [], []
     for i in range(n):
         p_chosen, p_rejected = input_ids[i][prompt[i]], input_ids[n + i][prompt[n + i]]
-        if not torch.equal(p_chosen, p_rejected):
-            raise ValueError(f"askdraft_shared_prompt: pair {i} of the batch has different prompts in its chosen "
-                             "and rejected rows (truncated?); turn askdraft_shared_prompt off")
-        chosen = input_ids[i][real[i] & completion_mask[i].bool()]
-        rejected = input_ids[n + i][real[n + i] & completion_mask[n + i].bool()]
+        if not torch.equal(p_chosen, p_rejected) or len(p_chosen) == 0:
+            raise ValueError(f"askdraft_shared_prompt: pair {i} of the batch has different (or empty) prompts in its "
+                             "chosen and rejected rows (truncated?); turn askdraft_shared_prompt off")
+        chosen = input_ids[i][real[i] & completion[i]]
+        rejected = input_ids[n + i][real[n + i] & completion[n + i]]
         p, c = len(p_chosen), len(chosen)
         rows.append((p_chosen, chosen, rejected))
         # a completion's first token is predicted at the prompt's last position, the others each at
@@ -56,7 +56,7 @@ def layout(input_ids, attention_mask, completion_mask, pad_id, attn_implementati
     segment = torch.full((n, length), 3)  # 0 prompt, 1 chosen, 2 rejected, 3 padding
     for i, (p_ids, chosen, rejected) in enumerate(rows):
         p, c, r = len(p_ids), len(chosen), len(rejected)
-        ids[i, :p + c + r] = torch.cat([p_ids.cpu(), chosen.cpu(), rejected.cpu()])
+        ids[i, :p + c + r] = torch.cat([p_ids, chosen, rejected])
         positions[i, :p + c + r] = torch.cat([torch.arange(p), torch.arange(p, p + c), torch.arange(p, p + r)])
         positions[i, p + c + r:] = torch.arange(p + r, p + r + length - (p + c + r))
         segment[i, :p], segment[i, p:p + c], segment[i, p + c:p + c + r] = 0, 1, 2

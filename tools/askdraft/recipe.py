@@ -1,5 +1,6 @@
 """`askdraft recipe`: a recipe with profile files and key=value overrides applied, written as
 a new YAML for `axolotl train` (what `make` runs on a CPU or in the smoke profile)."""
+import importlib.util
 import math
 import re
 import sys
@@ -62,7 +63,22 @@ def compose(recipe, profiles=(), overrides=()):
         if not sep:
             raise InputError("<command line>", None, f"override {item!r} is not key=value")
         set_key(cfg, key, override_value(value))
+    check_plugins(cfg, recipe)
     return cfg
+
+
+def check_plugins(cfg, recipe):
+    """Every `plugins:` entry's module is importable: Axolotl 0.19 logs a plugin it cannot import
+    and trains without it (a phase C without askdraft_dpo would be TRL's plain DPO)."""
+    for name in cfg.get("plugins") or []:
+        module = str(name).rpartition(".")[0]
+        try:
+            found = bool(module) and importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            raise InputError(recipe, None, f"plugin {name!r}: no module {module!r} here (installed? spelled right?); "
+                             "Axolotl would train without it")
 
 
 def set_key(cfg, dotted, value, source=None):
