@@ -12,12 +12,12 @@
     askdraft_rpo_alpha: 0.0            # stabiliser: + alpha * NLL of the chosen completion (RPO)
     askdraft_shared_prompt: false      # speed: one row a pair, the prompt once (shared_prompt.py)
 
-free_memory_each_step and cudnn_attention are speed switches (recipes/profiles/dpo-fast.yaml turns
-both off); so is shared_prompt, which the fast profiles turn on: the same log-probs as TRL's two rows
-a pair on about half the tokens. Axolotl's DPO
-trainer frees memory after every micro-step, which keeps an 8 GB card flat but costs a full
-gc.collect() (0.38 s with the stack imported, on the 2-core CPU) a step. cuDNN's SDPA builds a plan
-for each new sequence shape (about 3 ms of CPU per attention call on the H200).
+Three speed switches. free_memory_each_step and cudnn_attention trade memory headroom for speed
+(recipes/profiles/dpo-fast.yaml turns both off): Axolotl's DPO trainer frees memory after every
+micro-step, which keeps an 8 GB card flat but costs a full gc.collect() (0.38 s with the stack
+imported, on the 2-core CPU) a step; cuDNN's SDPA builds a plan for each new sequence shape (about
+3 ms of CPU per attention call on the H200). shared_prompt (on in the fast profiles) gives TRL's
+log-probs on about half the tokens: one row a pair, the prompt once (shared_prompt.py).
 
 cal / robust: none | seed | published (see losses.py). drop_score: "margin" drops the pairs with
 the lowest reward margin beta*h (the policy, relative to the reference, prefers the rejected
