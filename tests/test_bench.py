@@ -56,6 +56,13 @@ def test_flops_and_peaks():
     assert train_stats.peak_flops("cpu") is None
 
 
+def test_padding_text_says_what_one_row_a_pair_ran():
+    row = {"padding_fraction": 0.38, "total_tokens": 1000, "model_positions": None}
+    assert train_stats.padding_text(row) == "38 %"
+    assert train_stats.padding_text(dict(row, model_positions=999.8)) == "38 %"  # two rows a pair, a float mean
+    assert train_stats.padding_text(dict(row, model_positions=455)) == "38 % (one row a pair: 46 % of those positions run)"
+
+
 def test_plan():
     rows = train.plan(["A", "B", "C"], ablate=True)
     assert rows[:6] == [(p, c) for c in ("plain", "tuned") for p in "ABC"]
@@ -212,12 +219,19 @@ def test_bench_phases_b_and_c_through_axolotl(tiny_repo, one_thread):
     assert b_tuned["switches"]["sample_packing"] and b_tuned["switches"]["optimizer"] == "adamw_torch_fused"
     assert 20 <= b_tuned["rows_per_step"] <= 40                 # a pack of ~32 rows a step
     assert "precomputed" in rows[("C", "tuned")]["flop_basis"]
+    # tuned C runs a pair as one row (dpo-7b-fast): fewer positions than TRL's two rows a pair
+    c_plain, c_tuned = rows[("C", "plain")], rows[("C", "tuned")]
+    assert c_tuned["switches"]["askdraft_shared_prompt"] and not c_plain["switches"]["askdraft_shared_prompt"]
+    assert c_plain["model_positions"] == pytest.approx(c_plain["total_tokens"], rel=1e-3)
+    assert c_tuned["model_positions"] < 0.8 * c_tuned["total_tokens"]
+    assert b_tuned["model_positions"] is None  # SFT logs none
     assert "pipeline" not in run  # derived from the rows when read (pipeline_estimate), never stored
     est = train_stats.pipeline_estimate(json.loads(out.read_text()), "cpu", "tiny")
     assert est["tuned"]["stages"]["B"]["optimizer_steps"] == 2 * 3  # 64 rows / 32 x 3 epochs
     import doc_tables  # tools/doc_tables.py: results/performance.md's table from these rows
     table = doc_tables.performance_table(out)
     assert "**tiny on cpu**" in table and "| B | tuned | micro 1 x 1, packed" in table
+    assert "| C | tuned | micro 8 x 4, fused AdamW, shared prompt, sdpa |" in table and "one row a pair: " in table
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ import typing
 from pathlib import Path
 
 from askdraft.bench.generation import DEV_QUESTIONS, DRAFT_QUESTIONS
-from askdraft.bench.train_stats import pipeline_estimate
+from askdraft.bench.train_stats import padding_text, pipeline_estimate
 from askdraft.pipeline import stage_table  # README.md's pipeline table, from the stage table
 from askdraft.report import answers  # the "yes" share beside an accuracy, a constant predictor flagged
 
@@ -253,7 +253,7 @@ def performance_table(path=BENCH):
             mem = "–" if r["peak_reserved_gib"] is None else f"{r['peak_reserved_gib']:.2f}"
             out.append(f"| {r['phase']} | {r['config']} | {switch_text(r['switches'])} | {r['step_s']['median']:.3f} "
                        f"({r['step_s']['p90']:.3f}) | {r['useful_tokens_per_s']:.0f} | {gain} "
-                       f"| {100 * r['padding_fraction']:.0f} % | {mem} | {pct(r['mfu'])} | {r['final_loss']:.3f} |")
+                       f"| {padding_text(r)} | {mem} | {pct(r['mfu'])} | {r['final_loss']:.3f} |")
         est = pipeline_estimate(doc, device, model)
         totals = []
         for c in ("plain", "tuned", "fastest"):

@@ -49,10 +49,13 @@ class StepMeter(TrainerCallback):
     tokens and sequences of the micro-batches it trained on, and the logged loss. Useful tokens:
     attention_mask != 0; packed rows without a mask: all but the pack's padding tail; total:
     input_ids.numel(). With a mask the counts stay device tensors until the step is timed (no
-    host sync inside the step). attach(trainer) adds it and counts the trainer's batches."""
+    host sync inside the step). Where the trainer logs `askdraft/model_positions` (askdraft_dpo: the
+    positions the model ran per micro-batch, fewer than total with askdraft_shared_prompt), the step
+    also gets model_positions: that mean times its micro-batches. attach(trainer) adds it and counts
+    the trainer's batches."""
 
     def __init__(self, pad_id=None):
-        self.steps, self.pad_id, self._counts, self._t0 = [], pad_id, [0, 0, 0], None
+        self.steps, self.pad_id, self._counts, self._t0 = [], pad_id, [0, 0, 0, 0], None
 
     def attach(self, trainer):
         self.count_batches_of(trainer)
@@ -84,22 +87,24 @@ class StepMeter(TrainerCallback):
         else:
             useful, rows = ids.numel(), ids.shape[0]
         c = self._counts
-        self._counts = [c[0] + useful, c[1] + ids.numel(), c[2] + rows]
+        self._counts = [c[0] + useful, c[1] + ids.numel(), c[2] + rows, c[3] + 1]
 
     def on_step_begin(self, args, state, control, **kwargs):
         _sync()
-        self._counts = [0, 0, 0]
+        self._counts = [0, 0, 0, 0]
         self._t0 = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         _sync()
         s = time.perf_counter() - self._t0
-        useful, total, rows = (int(x) for x in self._counts)
-        self.steps.append({"s": s, "useful": useful, "total": total, "rows": rows})
+        useful, total, rows, micro_batches = (int(x) for x in self._counts)
+        self.steps.append({"s": s, "useful": useful, "total": total, "rows": rows, "micro_batches": micro_batches})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs and self.steps:
             self.steps[-1]["loss"] = float(logs["loss"])
+            if "askdraft/model_positions" in logs:
+                self.steps[-1]["model_positions"] = logs["askdraft/model_positions"] * self.steps[-1]["micro_batches"]
 
     @property
     def step_s(self):

@@ -67,7 +67,20 @@ def step_stats(steps, warmup):
             "useful_tokens_per_s_overall": useful / sum(secs),
             "useful_tokens": useful, "total_tokens": total, "padding_fraction": 1 - useful / total,
             "rows_per_step": statistics.mean(s["rows"] for s in timed),
+            # the positions the model ran (askdraft_dpo logs them; fewer than total_tokens with one row a pair)
+            "model_positions": (sum(s["model_positions"] for s in timed)
+                                if all("model_positions" in s for s in timed) else None),
             "final_loss": losses[-1] if losses else None}
+
+
+def padding_text(row):
+    """A row's padding for the tables: the share of its batches' positions that pad, and where the
+    model ran fewer positions than the batches hold (one row a DPO pair), the share it ran."""
+    text = f"{100 * row['padding_fraction']:.0f} %"
+    ran = row.get("model_positions")
+    if ran is not None and ran < 0.995 * row["total_tokens"]:
+        text += f" (one row a pair: {100 * ran / row['total_tokens']:.0f} % of those positions run)"
+    return text
 
 
 def pipeline_estimate(doc, device, model_name, limit_gib=MEM_LIMIT_GIB):
@@ -122,7 +135,7 @@ def print_summary(rows, estimate):
     for r in rows:
         print(f"{r['phase']} {r['config']:>24}: " + (f"ERROR {r['error'][:120]}" if "error" in r else
               f"{r['step_s']['median']:.3f} s/step, {r['useful_tokens_per_s']:.0f} useful tok/s, "
-              f"peak reserved {r['peak_reserved_gib'] or 0:.2f} GiB, pad {100 * r['padding_fraction']:.0f} %"))
+              f"peak reserved {r['peak_reserved_gib'] or 0:.2f} GiB, pad {padding_text(r)}"))
     for config in ("plain", "tuned", "fastest"):
         if config in estimate:
             print(f"training estimate, {config}: {estimate[config]['training_s'] / 60:.1f} min (" + ", ".join(
