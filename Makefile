@@ -107,7 +107,7 @@ SG_ROUNDS ?= 1
 ## DRAFT_BATCH: rows per generation batch (drafts)
 DRAFT_BATCH_gpu := 24
 DRAFT_BATCH ?= $(or $(DRAFT_BATCH_$(PROFILE)),$(if $(filter 1,$(HAS_GPU)),256,16))
-## EVAL_BATCH: rows per lm-eval scoring batch
+## EVAL_BATCH: rows per lm-eval scoring batch, or auto / auto:N (lm-eval searches for the largest batch that fits, N times as rows get shorter)
 EVAL_BATCH_gpu := 16
 # gpu-7b-fast: the float32 head's log-probs are batch x length x 49152 x 4 bytes; at 16 rows of the
 # longest prompts (~1200 tokens) that is 3.7 GiB beside the 3.9 GiB model, over an 8 GB card

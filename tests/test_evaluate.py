@@ -378,3 +378,30 @@ def test_bf16_evaluate_counts_ties_and_scores_through_the_float32_head(tmp_path,
     import torch
     lls = torch.tensor([r["loglik"][a] for r in rows for a in ("yes", "no")])
     assert (lls.to(torch.bfloat16).float() != lls).any()
+
+
+def test_batch_size_takes_lm_evals_auto_forms():
+    import argparse
+    assert [evaluate.batch_size_arg(t) for t in ("4", "auto", "auto:3")] == [4, "auto", "auto:3"]
+    for bad in ("0", "auto:0", "auto:", "big", "-2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="auto or auto:N"):
+            evaluate.batch_size_arg(bad)
+
+
+@pytest.mark.slow
+def test_auto_batch_size_scores_what_a_fixed_batch_scores(tmp_path, tiny_llama_dir, real_data):
+    """--batch-size auto:2: lm-eval finds the batch itself (twice, as requests get shorter); the
+    per-question scores are those of a fixed batch, and the meta says what it found."""
+    dev, _ = make_inputs(tmp_path, real_data)
+    for batch, out in ((8, "fixed"), ("auto:2", "auto")):
+        evaluate.evaluate("t", "A", tiny_llama_dir, ["strategyqa"], dev=dev, results=tmp_path / out, batch_size=batch)
+    rows = {out: read_jsonl(evaluate.eval_paths(tmp_path / out, "t", "A", "strategyqa")[0],
+                            required=("question", "loglik"), allow_extra=True) for out in ("fixed", "auto")}
+    assert [r["question"] for r in rows["auto"]] == [r["question"] for r in rows["fixed"]]
+    for a, f in zip(rows["auto"], rows["fixed"]):
+        assert a["loglik"]["yes"] == pytest.approx(f["loglik"]["yes"], abs=1e-4) and a["pred"] == f["pred"]
+    meta = json.loads(evaluate.eval_paths(tmp_path / "auto", "t", "A", "strategyqa")[1].read_text())
+    assert meta["batch_size"] == "auto:2" and meta["batch_sizes_found"] and all(
+        b >= 1 for b in meta["batch_sizes_found"].values())
+    fixed = json.loads(evaluate.eval_paths(tmp_path / "fixed", "t", "A", "strategyqa")[1].read_text())
+    assert fixed["batch_sizes_found"] is None

@@ -38,6 +38,19 @@ PACKAGES = ("torch", "transformers", "peft", "trl", "axolotl", "lm_eval", "captu
 DEFAULT_DEV = "data/strategyqa_dev.jsonl"
 
 
+def batch_size_arg(text):
+    """argparse type of --batch-size: rows per scoring batch, or lm-eval's own search: "auto" (the
+    largest batch the longest requests fit in, found once) or "auto:N" (found again N times as the
+    requests, longest first, get shorter)."""
+    import argparse
+    if text == "auto" or (text.startswith("auto:") and text[5:].isdigit() and int(text[5:]) >= 1):
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number >= 1, auto or auto:N") from None
+
+
 def eval_paths(results, model, stage, task):
     folder = Path(results) / model / "evals"
     return folder / f"{stage}.{task}.jsonl", folder / f"{stage}.{task}.json"
@@ -149,6 +162,7 @@ def evaluate(model_name, stage, base, tasks, adapter=None, drafts=None, dev=DEFA
                 "dev_sha256": sha256_file(dev), "drafts": drafts and str(drafts),
                 "drafts_sha256": drafts and sha256_file(drafts), "shuffle_seed": shuffle_seed,
                 "device": device_name, "dtype": dtype, "batch_size": batch_size,
+                "batch_sizes_found": {str(k): v for k, v in lm.batch_sizes.items()} or None,
                 "run_wall_s": round(wall, 2), "run_tasks": list(todo), "run_started": started,
                 "commit": git_commit(), "lm_eval": lm_eval.__version__}
         jsonl, meta_path = eval_paths(results, model_name, stage, task)
@@ -194,7 +208,8 @@ def add_cli(sub):
     p.add_argument("--tasks", required=True, type=lambda s: [t for t in s.split(",") if t],
                    help="comma-separated, e.g. strategyqa,strategyqa_draft")
     p.add_argument("--limit", type=positive_int, help="first N dev questions only (tests, smoke runs)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=batch_size_arg, default=8,
+                   help="rows per scoring batch, or auto / auto:N (lm-eval's search for the largest that fits)")
     p.add_argument("--shuffle-seed", type=int, default=1234)
     p.add_argument("--results", type=Path, default=Path("results"))
     p.add_argument("--force", action="store_true", help="re-run tasks that already have results")
