@@ -77,7 +77,7 @@ def test_plan():
     assert train.plan(["B", "C"], ablate=False, configs=["tuned-micro8", "tuned-minus-liger", "tuned-compile"]) == [
         ("C", "tuned-micro8"), ("B", "tuned-minus-liger"), ("B", "tuned-compile")]
     assert train.plan(["C"], ablate=False, configs=["tuned-pack32"]) == []
-    for bad in ("tuned-minus-warp", "tuned-microx", "fast", "tuned-compile2"):
+    for bad in ("tuned-minus-warp", "tuned-microx", "fast", "tuned-compile2", "shared_prompt"):
         with pytest.raises(ValueError, match="unknown row"):
             train.plan(["B"], ablate=False, configs=[bad])
 

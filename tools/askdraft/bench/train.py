@@ -83,7 +83,7 @@ def row_phase(config):
     """The phase a one-switch row belongs to; ValueError for a name that is not one."""
     if config == "tuned-compile":
         return ROW_PHASE[config]
-    if config.removeprefix("tuned-minus-") in C_ABLATIONS:
+    if config.startswith("tuned-minus-") and config.removeprefix("tuned-minus-") in C_ABLATIONS:
         return "C"
     for prefix in ("tuned-minus-", "tuned-pack", "tuned-micro"):
         rest = config.removeprefix(prefix)
