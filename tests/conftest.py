@@ -1,4 +1,5 @@
 """Shared test fixtures: a tiny random Llama + a tokenizer built offline (no Hub, no mocks)."""
+import atexit
 import functools
 import os
 import shutil
@@ -19,6 +20,7 @@ def strategyqa_split():
     (a clean clone has no data/)."""
     from askdraft import data
     out = Path(tempfile.mkdtemp(prefix="askdraft-split-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     data.build(out, hub=False)
     return out
 

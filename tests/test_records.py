@@ -4,6 +4,7 @@ Property-based part: each reader gets random corruptions of a good file (hypothe
 raise an InputError whose message starts with "<file>:<line>: " for the corrupted line; the
 tools that read those files write nothing; the CLI exits 2 with the same message.
 """
+import contextlib
 import json
 import subprocess
 import sys
@@ -114,8 +115,11 @@ def corruption(draw, kind):
     return rows, i + 1, how
 
 
+@contextlib.contextmanager
 def tmpdir():
-    return Path(tempfile.mkdtemp(prefix="askdraft-records-"))
+    """A temp dir removed after the example (hypothesis runs many examples per test function)."""
+    with tempfile.TemporaryDirectory(prefix="askdraft-records-") as d:
+        yield Path(d)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
@@ -132,9 +136,10 @@ def test_good_files_read_back(kind, tmp_path):
 @given(data=st.data())
 def test_every_corruption_is_an_error_naming_file_and_line(kind, data):
     rows, line, how = data.draw(corruption(kind), label="corruption")
-    path = dump(tmpdir() / f"{kind}.jsonl", rows)
-    with pytest.raises(InputError) as e:
-        KINDS[kind][1](path)
+    with tmpdir() as d:
+        path = dump(d / f"{kind}.jsonl", rows)
+        with pytest.raises(InputError) as e:
+            KINDS[kind][1](path)
     assert str(e.value).startswith(f"{path}:{line}: "), (how, str(e.value))
     assert "Traceback" not in str(e.value) and len(str(e.value)) < 400
 
@@ -145,28 +150,28 @@ def test_pairs_tool_writes_nothing_on_bad_drafts_or_gold(data):
     kind = data.draw(st.sampled_from(["drafts", "split"]), label="which file")
     rows, line, how = data.draw(corruption(kind), label="corruption")
     assume(how != "drop:teacher_cot")  # optional in a gold file (the baseline split has none)
-    d = tmpdir()
-    bad = dump(d / f"{kind}.jsonl", rows)
-    drafts_file = bad if kind == "drafts" else dump(d / "drafts_ok.jsonl", draft_rows())
-    gold = bad if kind == "split" else dump(d / "gold_ok.jsonl", split_rows())
-    out = d / "out" / "pairs.jsonl"
-    with pytest.raises(InputError, match=rf"^{bad}:{line}: "):
-        pairs.run(drafts_file, gold, out, mode="answer")
-    assert not out.parent.exists() or not any(out.parent.iterdir())
+    with tmpdir() as d:
+        bad = dump(d / f"{kind}.jsonl", rows)
+        drafts_file = bad if kind == "drafts" else dump(d / "drafts_ok.jsonl", draft_rows())
+        gold = bad if kind == "split" else dump(d / "gold_ok.jsonl", split_rows())
+        out = d / "out" / "pairs.jsonl"
+        with pytest.raises(InputError, match=rf"^{bad}:{line}: "):
+            pairs.run(drafts_file, gold, out, mode="answer")
+        assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
 @settings(max_examples=8, deadline=None)
 @given(data=st.data())
 def test_cli_exits_2_with_file_and_line(data):
     rows, line, how = data.draw(corruption("drafts"), label="corruption")
-    d = tmpdir()
-    bad, gold = dump(d / "drafts.jsonl", rows), dump(d / "gold.jsonl", split_rows())
-    out = d / "out" / "pairs.jsonl"
-    r = subprocess.run([sys.executable, str(REPO / "tools/build_dpo_pairs.py"), "--drafts", str(bad),
-                        "--gold", str(gold), "-o", str(out)], capture_output=True, text=True)
-    assert r.returncode == 2, r.stderr
-    assert f"error: {bad}:{line}: " in r.stderr and "Traceback" not in r.stderr
-    assert not out.parent.exists() or not any(out.parent.iterdir())
+    with tmpdir() as d:
+        bad, gold = dump(d / "drafts.jsonl", rows), dump(d / "gold.jsonl", split_rows())
+        out = d / "out" / "pairs.jsonl"
+        r = subprocess.run([sys.executable, str(REPO / "tools/build_dpo_pairs.py"), "--drafts", str(bad),
+                            "--gold", str(gold), "-o", str(out)], capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert f"error: {bad}:{line}: " in r.stderr and "Traceback" not in r.stderr
+        assert not out.parent.exists() or not any(out.parent.iterdir())
 
 
 # ---------------------------------------------------------------- the reader's rules
