@@ -261,7 +261,7 @@ def performance_table(path=BENCH):
                 stages = ", ".join(f"{ph} {v['s']:.0f} s" + (f" at {v['config']}" if c == "fastest" else "")
                                    for ph, v in est[c]["stages"].items())
                 totals.append(f"{c}{' within 7 GiB' if c == 'fastest' else ''} {est[c]['training_s'] / 60:.1f} min ({stages})")
-        if totals:
+        if totals and set(est.get("plain", {}).get("stages", {})) == {"A", "B", "C"}:  # a C-only run is no pipeline
             out += ["", f"Training stages of the pipeline, **estimated** from these median step times x the "
                         f"recipes' optimizer steps (no model loads, drafts or eval): {'; '.join(totals)}."]
         out.append("")
