@@ -24,7 +24,7 @@ export PYTHONUNBUFFERED := 1
 # CUDA's caching allocator grows segments instead of keeping one per size: less fragmentation
 # when sequence lengths change every batch (phase C skips the per-step empty_cache that hid it)
 export PYTORCH_CUDA_ALLOC_CONF ?= expandable_segments:True
-## GPU_MEM_GIB: cap every stage process's GPU memory at this many GiB (7.5: an 8 GB card); a stage that needs more fails
+## GPU_MEM_GIB: cap torch's GPU memory in every stage process at this many GiB (7.5: an 8 GB card); a stage that needs more fails; the CUDA context comes on top (0.6-1.0 GiB at 7B)
 GPU_MEM_GIB ?=
 ifneq ($(strip $(GPU_MEM_GIB)),)
 # every Python process of a stage applies it as it imports torch (tools/gpu_cap/sitecustomize.py)
