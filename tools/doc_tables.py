@@ -23,7 +23,7 @@ import typing
 from pathlib import Path
 
 from askdraft.bench.generation import DEV_QUESTIONS, DRAFT_QUESTIONS
-from askdraft.bench.train_stats import padding_text, pipeline_estimate
+from askdraft.bench.train_stats import covers_pipeline, padding_text, pipeline_estimate
 from askdraft.pipeline import stage_table  # README.md's pipeline table, from the stage table
 from askdraft.report import answers  # the "yes" share beside an accuracy, a constant predictor flagged
 
@@ -261,7 +261,7 @@ def performance_table(path=BENCH):
                 stages = ", ".join(f"{ph} {v['s']:.0f} s" + (f" at {v['config']}" if c == "fastest" else "")
                                    for ph, v in est[c]["stages"].items())
                 totals.append(f"{c}{' within 7 GiB' if c == 'fastest' else ''} {est[c]['training_s'] / 60:.1f} min ({stages})")
-        if totals and set(est.get("plain", {}).get("stages", {})) == {"A", "B", "C"}:  # a C-only run is no pipeline
+        if totals and covers_pipeline(est.get("plain", {}).get("stages", {})):
             out += ["", f"Training stages of the pipeline, **estimated** from these median step times x the "
                         f"recipes' optimizer steps (no model loads, drafts or eval): {'; '.join(totals)}."]
         out.append("")
@@ -335,7 +335,7 @@ def generation_table(path=GENERATION, limit_gib=7.0):
     model = next((r["model"]["name"] for r in bench["rows"] if r["device"] == doc["device"]), None)
     fastest = pipeline_estimate(bench, doc["device"], model, limit_gib).get("fastest")
     dev_drafts = best["drafts_s_estimate"] * DEV_QUESTIONS / DRAFT_QUESTIONS  # after C: the dev split only
-    if fastest and set(fastest["stages"]) == {"A", "B", "C"}:
+    if fastest and covers_pipeline(fastest["stages"]):
         total = fastest["training_s"] + best["drafts_s_estimate"] + dev_drafts
         out += ["", f"Fastest drafts within {limit_gib} GiB: {best.get('engine', 'generate')}, batch {best['batch_size']}. "
                     f"The 7B pipeline, **estimated** from "

@@ -83,6 +83,11 @@ def padding_text(row):
     return text
 
 
+def covers_pipeline(stages):
+    """Whether an estimate's stages are every training phase (a run of one phase is no pipeline)."""
+    return set(stages) == set(RECIPES)
+
+
 def pipeline_estimate(doc, device, model_name, limit_gib=MEM_LIMIT_GIB):
     """Seconds of each training stage = median step s x the recipe's optimizer steps (rows of the
     data the row trained on / 32 x num_epochs), over every row of bench.json `doc` for this device
