@@ -73,6 +73,17 @@ def family_dirs(tmp_path_factory, corpus):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_token_counter_counts_as_the_families_tokenizer(name, family_dirs, corpus):
+    """`askdraft recipe --pack-rows` counts tokens with the `tokenizers` library alone where the
+    tokenizer loads tokenizer.json verbatim (else transformers): the same count either way."""
+    from askdraft.bench.inputs import token_counter
+    tok = tokenizer(family_dirs(name))
+    count = token_counter(family_dirs(name))
+    texts = corpus[:200] + [" leading space", "two\n\nlines", "<s> in text </s>", "ünïcödé 123456"]
+    assert [count(t) for t in texts] == [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+
+
 def tokenizer(path):
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(path)

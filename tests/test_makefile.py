@@ -204,6 +204,29 @@ def test_gpu_7b_fast_packs_a_and_b_only():
     assert (cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["sample_packing"]) == (8, 4, False)
 
 
+def test_recipe_command_starts_without_torch_or_transformers(tmp_path, smollm2_dir):
+    """`askdraft recipe` runs before every training stage: it imports only its own module, and
+    --pack-rows counts tokens without transformers (both cost seconds a stage at 7B's host)."""
+    code = ("import sys; from askdraft import cli; "
+            f"cli.main(['recipe', 'recipes/phase_b.yaml', '--profile', 'gpu-7b-fast', '--set', 'base_model={smollm2_dir}', "
+            f"'--pack-rows', '32', '-o', '{tmp_path / 'b.yaml'}']); "
+            "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'openai') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert yaml.safe_load((tmp_path / "b.yaml").read_text())["sample_packing"] is True
+
+
+def test_every_command_is_listed_with_its_module():
+    """askdraft.cli imports only the named command's module: each module's commands are in COMMANDS."""
+    import argparse
+    import importlib
+    from askdraft import cli
+    for module in set(cli.COMMANDS.values()):
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(f"askdraft.{module}").add_cli(sub)
+        assert {name: cli.COMMANDS.get(name) for name in sub.choices} == {name: module for name in sub.choices}
+
+
 def test_pack_rows_sizes_packs_from_the_data(tmp_path, smollm2_dir):
     """One pack of 32 rows a step: sequence_len from the rows' mean tokens (the model's tokenizer)."""
     from askdraft.bench.inputs import mean_tokens

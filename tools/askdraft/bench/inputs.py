@@ -114,13 +114,30 @@ def phase_data(phase, repo, work, tokenizer_dir):
     return out
 
 
+# tokenizer classes that load tokenizer.json as it is: the `tokenizers` library alone counts the same
+# tokens, without the seconds transformers takes to import (`askdraft recipe --pack-rows` runs before
+# every packed training stage). Any other class (LlamaTokenizer, ...) may adjust it: transformers counts.
+VERBATIM_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def token_counter(tokenizer_dir):
+    """text -> its token count without special tokens, as the model's tokenizer counts it."""
+    folder = Path(tokenizer_dir)
+    config = folder / "tokenizer_config.json"
+    cls = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
+    if cls in VERBATIM_TOKENIZERS and (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        return lambda s: len(tok.encode(s, add_special_tokens=False).ids)
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
+
+
 def row_tokens(path, tokenizer_dir, phase):
     """Tokens of each training row as the trainer sees it (SFT: input + output with the row's
     own special texts; DPO: prompt + chosen and prompt + rejected, + EOS)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    n = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
+    n = token_counter(tokenizer_dir)
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if phase == "C":
         return [n(r["prompt"]) + n(r[side]) + 1 for r in rows for side in ("chosen", "rejected")]
