@@ -207,12 +207,15 @@ def test_gpu_7b_fast_packs_a_and_b_only():
 def test_recipe_command_starts_without_torch_or_transformers(tmp_path, smollm2_dir):
     """`askdraft recipe` runs before every training stage: it imports only its own module, and
     --pack-rows counts tokens without transformers (both cost seconds a stage at 7B's host)."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(f'{{"segments": [{{"label": false, "text": "Question: is {n} odd?\\n"}}, '
+                            f'{{"label": true, "text": "{"yes" if n % 2 else "no"}"}}]}}\n' for n in range(40)))
     code = ("import sys; from askdraft import cli; "
-            f"cli.main(['recipe', 'recipes/phase_b.yaml', '--profile', 'gpu-7b-fast', '--set', 'base_model={smollm2_dir}', "
-            f"'--pack-rows', '32', '-o', '{tmp_path / 'b.yaml'}']); "
-            "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'openai') if m in sys.modules))")
+            f"rc = cli.main(['recipe', 'recipes/phase_b.yaml', '--profile', 'gpu-7b-fast', '--set', 'base_model={smollm2_dir}', "
+            f"'--set', 'datasets.0.path={rows}', '--pack-rows', '32', '-o', '{tmp_path / 'b.yaml'}']); "
+            "print(rc, sorted(m for m in ('torch', 'transformers', 'scipy', 'openai') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert r.stdout.strip().splitlines()[-1] == "0 []", r.stderr
     assert yaml.safe_load((tmp_path / "b.yaml").read_text())["sample_packing"] is True
 
 
