@@ -204,12 +204,17 @@ def test_gpu_7b_fast_packs_a_and_b_only():
     assert (cfg["micro_batch_size"], cfg["gradient_accumulation_steps"], cfg["sample_packing"]) == (8, 4, False)
 
 
+def sft_rows(path, n=40):
+    """n short phase-B-shaped SFT rows (input + output segments) at path."""
+    path.write_text("".join(f'{{"segments": [{{"label": false, "text": "Question: is {i} odd?\\n"}}, '
+                            f'{{"label": true, "text": "{"yes" if i % 2 else "no"}"}}]}}\n' for i in range(n)))
+    return path
+
+
 def test_recipe_command_starts_without_torch_or_transformers(tmp_path, smollm2_dir):
     """`askdraft recipe` runs before every training stage: it imports only its own module, and
     --pack-rows counts tokens without transformers (both cost seconds a stage at 7B's host)."""
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(f'{{"segments": [{{"label": false, "text": "Question: is {n} odd?\\n"}}, '
-                            f'{{"label": true, "text": "{"yes" if n % 2 else "no"}"}}]}}\n' for n in range(40)))
+    rows = sft_rows(tmp_path / "rows.jsonl")
     code = ("import sys; from askdraft import cli; "
             f"rc = cli.main(['recipe', 'recipes/phase_b.yaml', '--profile', 'gpu-7b-fast', '--set', 'base_model={smollm2_dir}', "
             f"'--set', 'datasets.0.path={rows}', '--pack-rows', '32', '-o', '{tmp_path / 'b.yaml'}']); "
@@ -233,9 +238,7 @@ def test_every_command_is_listed_with_its_module():
 def test_pack_rows_sizes_packs_from_the_data(tmp_path, smollm2_dir):
     """One pack of 32 rows a step: sequence_len from the rows' mean tokens (the model's tokenizer)."""
     from askdraft.bench.inputs import mean_tokens
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(f'{{"segments": [{{"label": false, "text": "Question: is {n} odd?\\n"}}, '
-                            f'{{"label": true, "text": "{"yes" if n % 2 else "no"}"}}]}}\n' for n in range(40)))
+    rows = sft_rows(tmp_path / "rows.jsonl")
     out = tmp_path / "b.yaml"
     subprocess.run([sys.executable, "-m", "askdraft.cli", "recipe", "recipes/phase_b.yaml", "--profile", "gpu-7b-fast",
                     "--set", f"base_model={smollm2_dir}", "--set", f"datasets.0.path={rows}", "--pack-rows", "32",
