@@ -77,7 +77,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_token_counter_counts_as_the_families_tokenizer(name, family_dirs, corpus):
     """`askdraft recipe --pack-rows` counts tokens with the `tokenizers` library alone where the
     tokenizer loads tokenizer.json verbatim (else transformers): the same count either way."""
-    from askdraft.bench.inputs import token_counter
+    from askdraft.sft_data import token_counter
     tok = tokenizer(family_dirs(name))
     count = token_counter(family_dirs(name))
     texts = corpus[:200] + [" leading space", "two\n\nlines", "<s> in text </s>", "ünïcödé 123456"]

@@ -78,17 +78,17 @@ def make_pair(question, draft, gold, mode, missing="unparsed"):
             "student_tentative": tentative or missing, "gold": gold}
 
 
-def pair_length(tok, pair):
-    """Tokens of prompt + the longer completion, counted the way axolotl checks sequence_len."""
-    n = lambda s: len(tok(s, add_special_tokens=False)["input_ids"])  # noqa: E731
-    return n(pair["prompt"]) + max(n(pair["chosen"]), n(pair["rejected"]))
+def pair_length(count, pair):
+    """Tokens of prompt + the longer completion (count: askdraft.sft_data.token_counter), counted
+    the way axolotl checks sequence_len."""
+    return count(pair["prompt"]) + max(count(pair["chosen"]), count(pair["rejected"]))
 
 
 def load_tok(tokenizer):
     if tokenizer is None:
         return None
-    from askdraft.sft_data import load_tokenizer
-    return load_tokenizer(tokenizer)
+    from askdraft.sft_data import token_counter
+    return token_counter(tokenizer)
 
 
 def build(drafts_path, gold_path, mode="draft", tokenizer=None, max_len=254, allow_empty=False, **quality):

@@ -10,6 +10,7 @@ cuts the sub-answers (shorten_steps), an explanation is cut to a word prefix (sh
 The draft form is the data's (MANIFEST.json `draft_form`, `askdraft data --draft-form`): in the
 `questions` form phase B's target is the draft with no "Tentative answer:", then the gold final.
 """
+import json
 from pathlib import Path
 
 from askdraft import templates
@@ -25,6 +26,26 @@ def load_tokenizer(base):
     if not (Path(base) / "config.json").is_file() and not (Path(base) / "tokenizer_config.json").is_file():
         raise InputError(base, None, "model directory not found (run `make base`)")
     return AutoTokenizer.from_pretrained(base)
+
+
+# tokenizer classes that load tokenizer.json as it is: the `tokenizers` library alone counts the same
+# tokens, without the seconds transformers takes to import (`askdraft recipe --pack-rows` before every
+# packed training stage, `askdraft pairs --tokenizer`). Any other class (LlamaTokenizer, ...) may adjust
+# it: transformers counts.
+VERBATIM_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def token_counter(tokenizer_dir):
+    """text -> its token count without special tokens, as the model's tokenizer counts it."""
+    folder = Path(tokenizer_dir)
+    config = folder / "tokenizer_config.json"
+    cls = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
+    if cls in VERBATIM_TOKENIZERS and (folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        return lambda s: len(tok.encode(s, add_special_tokens=False).ids)
+    tok = load_tokenizer(tokenizer_dir)
+    return lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
 
 
 def special_texts(tok):

@@ -82,14 +82,14 @@ def teacher_pairs(train_cot, tokenizer_dir, max_len=PAIR_MAX_LEN):
     tokens are left out, as `askdraft pairs --tokenizer` leaves them out (the recipe stops on them)."""
     from askdraft.pairs import make_pair, pair_length
     from askdraft.records import read_split
-    from askdraft.sft_data import load_tokenizer
+    from askdraft.sft_data import token_counter
 
-    tok = load_tokenizer(tokenizer_dir)
+    count = token_counter(tokenizer_dir)
     pairs = []
     for r in read_split(train_cot, cot=True):
         rationale = templates.teacher_draft(r["teacher_steps"]) if r.get("teacher_steps") else r["teacher_cot"]
         pair = make_pair(r["question"], templates.draft_text(rationale, r["teacher_final"]), r["teacher_final"], "draft")
-        if pair is not None and pair_length(tok, pair) <= max_len:
+        if pair is not None and pair_length(count, pair) <= max_len:
             pairs.append(pair)
     if not pairs:
         raise InputError(train_cot, None, f"no teacher pair fits {max_len} tokens")
@@ -114,29 +114,11 @@ def phase_data(phase, repo, work, tokenizer_dir):
     return out
 
 
-# tokenizer classes that load tokenizer.json as it is: the `tokenizers` library alone counts the same
-# tokens, without the seconds transformers takes to import (`askdraft recipe --pack-rows` runs before
-# every packed training stage). Any other class (LlamaTokenizer, ...) may adjust it: transformers counts.
-VERBATIM_TOKENIZERS = {"TokenizersBackend", "PreTrainedTokenizerFast"}
-
-
-def token_counter(tokenizer_dir):
-    """text -> its token count without special tokens, as the model's tokenizer counts it."""
-    folder = Path(tokenizer_dir)
-    config = folder / "tokenizer_config.json"
-    cls = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class") if config.is_file() else None
-    if cls in VERBATIM_TOKENIZERS and (folder / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        return lambda s: len(tok.encode(s, add_special_tokens=False).ids)
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    return lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
-
-
 def row_tokens(path, tokenizer_dir, phase):
     """Tokens of each training row as the trainer sees it (SFT: input + output with the row's
     own special texts; DPO: prompt + chosen and prompt + rejected, + EOS)."""
+    from askdraft.sft_data import token_counter
+
     n = token_counter(tokenizer_dir)
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
     if phase == "C":
