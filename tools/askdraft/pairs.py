@@ -84,7 +84,7 @@ def pair_length(count, pair):
     return count(pair["prompt"]) + max(count(pair["chosen"]), count(pair["rejected"]))
 
 
-def load_tok(tokenizer):
+def load_counter(tokenizer):
     if tokenizer is None:
         return None
     from askdraft.sft_data import token_counter
@@ -108,7 +108,7 @@ def build(drafts_path, gold_path, mode="draft", tokenizer=None, max_len=254, all
         raise InputError(drafts_path, conclusion_free[0]["_line"],
                          f"{len(conclusion_free)} draft(s) of the conclusion-free form (tentative \"none\"): "
                          "draft mode needs a tentative answer to judge or flip; use --mode answer or quality")
-    tok = load_tok(tokenizer)
+    count = load_counter(tokenizer)
     pairs, dropped, longest = [], Counter(), 0
     unparsed = sum(templates.parse_tentative(r["draft"]) is None for r in rows
                    if r["draft"].strip() and r.get("tentative") != "none")
@@ -119,8 +119,8 @@ def build(drafts_path, gold_path, mode="draft", tokenizer=None, max_len=254, all
         if pair is None:
             dropped["unparsed" if draft else "empty_draft"] += 1
             continue
-        if tok is not None:
-            length = pair_length(tok, pair)
+        if count is not None:
+            length = pair_length(count, pair)
             longest = max(longest, length)
             if length > max_len:
                 dropped["too_long"] += 1
@@ -132,8 +132,8 @@ def build(drafts_path, gold_path, mode="draft", tokenizer=None, max_len=254, all
     report = {
         "mode": mode, "drafts": str(drafts_path), "drafts_sha256": sha256_file(drafts_path),
         "gold": str(gold_path), "gold_sha256": sha256_file(gold_path),
-        "tokenizer": tokenizer and str(tokenizer), "max_len": max_len if tok else None,
-        "longest_pair_tokens": longest if tok else None,
+        "tokenizer": tokenizer and str(tokenizer), "max_len": max_len if count else None,
+        "longest_pair_tokens": longest if count else None,
         "drafts_in": len(rows), "pairs": len(pairs), "flipped": flips,
         "flip_share": round(flips / len(pairs), 4), "unparsed_drafts": unparsed,
         "no_conclusion_drafts": len(conclusion_free),
@@ -177,7 +177,7 @@ def build_quality(drafts_path, gold_path, drafts_2=None, margin=DEFAULT_MARGIN, 
     # empty drafts are dropped here, and counted, only with --allow-empty
     rows_1 = load_drafts(drafts_path, gold, gold_path, allow_empty)
     by_q_2 = {r["question"]: r for r in load_drafts(drafts_2, gold, gold_path, allow_empty)}
-    tok = load_tok(tokenizer)
+    count = load_counter(tokenizer)
     pairs, dropped, longest, recalls = [], Counter(), 0, {1: [], 2: []}
     questions_1 = set()
     from tqdm import tqdm
@@ -195,8 +195,8 @@ def build_quality(drafts_path, gold_path, drafts_2=None, margin=DEFAULT_MARGIN, 
         recalls[1].append(s1)
         recalls[2].append(s2)
         pair, reason = quality_pair(q, gold[q], (d1, s1), (d2, s2), margin)
-        if pair is not None and tok is not None:
-            length = pair_length(tok, pair)
+        if pair is not None and count is not None:
+            length = pair_length(count, pair)
             longest = max(longest, length)
             if length > max_len:
                 pair, reason = None, "too_long"
@@ -217,8 +217,8 @@ def build_quality(drafts_path, gold_path, drafts_2=None, margin=DEFAULT_MARGIN, 
         "drafts": str(drafts_path), "drafts_sha256": sha256_file(drafts_path),
         "drafts_2": str(drafts_2), "drafts_2_sha256": sha256_file(drafts_2),
         "gold": str(gold_path), "gold_sha256": sha256_file(gold_path),
-        "tokenizer": tokenizer and str(tokenizer), "max_len": max_len if tok else None,
-        "longest_pair_tokens": longest if tok else None,
+        "tokenizer": tokenizer and str(tokenizer), "max_len": max_len if count else None,
+        "longest_pair_tokens": longest if count else None,
         "drafts_in": len(rows_1), "drafts_2_in": len(by_q_2), "questions_scored": len(recalls[1]),
         "pairs": len(pairs), "chosen_from_drafts": sum(p["chosen_from"] == 1 for p in pairs),
         "dropped": {k_: dropped[k_] for k_ in QUALITY_DROPS},
