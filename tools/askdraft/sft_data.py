@@ -44,7 +44,11 @@ def token_counter(tokenizer_dir):
         from tokenizers import Tokenizer
         tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
         return lambda s: len(tok.encode(s, add_special_tokens=False).ids)
-    tok = load_tokenizer(tokenizer_dir)
+    return counter_of(load_tokenizer(tokenizer_dir))
+
+
+def counter_of(tok):
+    """text -> its token count without special tokens, by a loaded transformers tokenizer."""
     return lambda s: len(tok(s, add_special_tokens=False)["input_ids"])
 
 
@@ -68,10 +72,11 @@ def phase_a_rows(path, tok):
             for r in rows]
 
 
-def _row_length(tok, question, rationale, answer, bos, eos, form="tentative"):
-    """Tokens of the whole phase B row (prompt and target) for this rationale."""
+def _row_length(count, question, rationale, answer, bos, eos, form="tentative"):
+    """Tokens of the whole phase B row (prompt and target) for this rationale; each segment is
+    counted as a text of its own, as axolotl encodes it."""
     r = row(templates.draft_prompt(question), templates.draft_completion(rationale, answer, form), bos, eos)
-    return sum(len(tok(s["text"], add_special_tokens=False).input_ids) for s in r["segments"])
+    return sum(count(s["text"]) for s in r["segments"])
 
 
 def _most_that_fits(fits, most):
@@ -86,10 +91,10 @@ def _most_that_fits(fits, most):
     return lo
 
 
-def shorten_rationale(tok, question, rationale, answer, max_len, bos, eos, form="tentative"):
+def shorten_rationale(count, question, rationale, answer, max_len, bos, eos, form="tentative"):
     """The longest word-prefix of the rationale whose whole row fits max_len tokens."""
     def fits(text):
-        return _row_length(tok, question, text, answer, bos, eos, form) <= max_len
+        return _row_length(count, question, text, answer, bos, eos, form) <= max_len
     if fits(rationale):
         return rationale, False
     words = rationale.split()
@@ -97,7 +102,7 @@ def shorten_rationale(tok, question, rationale, answer, max_len, bos, eos, form=
     return (" ".join(words[:kept]) if kept else None), True
 
 
-def shorten_steps(tok, question, steps, answer, max_len, bos, eos, form="tentative"):
+def shorten_steps(count, question, steps, answer, max_len, bos, eos, form="tentative"):
     """The teacher draft of `steps` with every sub-answer cut to the largest common number of
     words (never a sub-question) that lets the whole row fit max_len tokens; then, if the
     questions alone are too long, the trailing sub-questions go (the first always stays)."""
@@ -105,7 +110,7 @@ def shorten_steps(tok, question, steps, answer, max_len, bos, eos, form="tentati
         return templates.teacher_draft([{"q": s["q"], "a": " ".join(s["a"].split()[:cap])} for s in steps[:n]])
 
     def fits(draft):
-        return _row_length(tok, question, draft, answer, bos, eos, form) <= max_len
+        return _row_length(count, question, draft, answer, bos, eos, form) <= max_len
     longest = max(len(s["a"].split()) for s in steps)
     if fits(text(longest)):
         return text(longest), False
@@ -119,12 +124,13 @@ def shorten_steps(tok, question, steps, answer, max_len, bos, eos, form="tentati
 def phase_b_rows(path, tok, max_len, form="tentative"):
     rows = read_split(path, cot=True)
     bos, eos = special_texts(tok)
+    count = counter_of(tok)
     out, shortened, dropped = [], 0, []
     for r in rows:
         if r.get("teacher_steps"):
-            rat, cut = shorten_steps(tok, r["question"], r["teacher_steps"], r["teacher_final"], max_len, bos, eos, form)
+            rat, cut = shorten_steps(count, r["question"], r["teacher_steps"], r["teacher_final"], max_len, bos, eos, form)
         else:
-            rat, cut = shorten_rationale(tok, r["question"], r["teacher_cot"], r["teacher_final"], max_len, bos, eos,
+            rat, cut = shorten_rationale(count, r["question"], r["teacher_cot"], r["teacher_final"], max_len, bos, eos,
                                          form)
         if rat is None:
             dropped.append(r["_line"])
